@@ -1,0 +1,1 @@
+"""Producer-side library for notify-gateway (publishing, sessions)."""

@@ -1,0 +1,38 @@
+"""Session lookup: ``session:{token}`` in Redis holds the session JSON."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from gateway.session import Session, SessionError, parse_session, token_problem
+
+__all__ = ["AuthFailure", "SessionStore"]
+
+
+class AuthFailure(Exception):
+    """The token does not open a session; ``reason`` is a log-safe code."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SessionStore:
+    """Reads sessions; never logs or returns the token."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+
+    async def load(self, token: str) -> Session:
+        """The session for ``token``; raises :class:`AuthFailure` when there is none."""
+        problem = token_problem(token)
+        if problem is not None:
+            raise AuthFailure(problem)
+        raw = await self._redis.get(self._prefix + token)
+        if raw is None:
+            raise AuthFailure("unknown_or_expired")
+        try:
+            return parse_session(raw if isinstance(raw, bytes) else raw.encode())
+        except SessionError as exc:
+            raise AuthFailure(exc.reason) from None

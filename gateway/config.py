@@ -1,0 +1,303 @@
+"""Settings, read once from the environment and validated.
+
+Nothing else in the project reads ``os.environ``: :func:`load_settings` turns an
+environment mapping into frozen dataclasses, and every problem becomes a
+:class:`ConfigError` whose message names the variable and says how to fix it.
+The functions are pure so they are unit-tested with plain dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+from urllib.parse import quote, unquote, urlsplit
+
+__all__ = [
+    "ConfigError",
+    "GatewaySettings",
+    "Limits",
+    "RedisConfig",
+    "load_redis_config",
+    "load_settings",
+]
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message says which and how to fix it."""
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean: use true or false")
+
+
+def _parse_int(name: str, raw: str, *, minimum: int, maximum: int | None = None) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is not a whole number: set it to e.g. {minimum}"
+        ) from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{name}={value} is out of range: it must be {bounds}")
+    return value
+
+
+def _parse_positive(name: str, raw: str, *, unit: str = "seconds") -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of {unit}: set it to e.g. 10") from None
+    if not 0 < value < float("inf"):  # also rejects NaN
+        raise ConfigError(f"{name}={raw!r} is out of range: it must be more than 0 {unit}")
+    return value
+
+
+def _parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _get(env: Mapping[str, str], name: str, default: T, parse: Callable[[str, str], T]) -> T:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return parse(name, raw)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """Where Redis is and how to talk to it.
+
+    ``explicit`` is false when neither ``REDIS_URL`` nor ``REDIS_HOST`` was set: the
+    gateway may then start an embedded redis-server if nothing answers locally.
+    """
+
+    host: str = "localhost"
+    port: int = 6379
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    db: int = 0
+    tls: bool = False
+    tls_ca_path: str | None = None
+    tls_cert_path: str | None = None
+    tls_key_path: str | None = None
+    tls_verify: bool = True
+    connect_timeout_s: float = 5.0
+    max_retries: int = 3
+    explicit: bool = False
+
+    @property
+    def address(self) -> str:
+        """``host:port``, for messages (IPv6 literals bracketed)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def url(self, *, redact: bool = True) -> str:
+        """The connection URL; the password is masked unless ``redact`` is false."""
+        scheme = "rediss" if self.tls else "redis"
+        auth = ""
+        if self.password is not None:
+            secret = "***" if redact else quote(self.password, safe="")
+            auth = f"{quote(self.username or '', safe='')}:{secret}@"
+        elif self.username:
+            auth = f"{quote(self.username, safe='')}@"
+        return f"{scheme}://{auth}{self.address}/{self.db}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for connections, or None for plaintext."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=self.tls_ca_path)
+        if self.tls_cert_path:
+            context.load_cert_chain(self.tls_cert_path, self.tls_key_path)
+        if not self.tls_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+def load_redis_config(env: Mapping[str, str]) -> RedisConfig:
+    """Build the Redis settings from ``REDIS_URL`` or the split ``REDIS_*`` variables."""
+    url = env.get("REDIS_URL", "").strip()
+    if url:
+        config = _parse_redis_url(url)
+    else:
+        host = env.get("REDIS_HOST", "").strip()
+        config = RedisConfig(
+            host=host or "localhost",
+            port=_get(
+                env, "REDIS_PORT", 6379, lambda n, r: _parse_int(n, r, minimum=1, maximum=65535)
+            ),
+            username=env.get("REDIS_USERNAME") or None,
+            password=env.get("REDIS_PASSWORD") or None,
+            db=_get(env, "REDIS_DB", 0, lambda n, r: _parse_int(n, r, minimum=0)),
+            explicit=bool(host),
+        )
+    tls = config.tls or _get(env, "REDIS_TLS", False, _parse_bool)
+    if config.tls and env.get("REDIS_TLS", "").strip().lower() in ("0", "false", "no", "off"):
+        raise ConfigError(
+            "REDIS_URL uses rediss:// (TLS) but REDIS_TLS=false: remove REDIS_TLS or use redis://"
+        )
+    paths: dict[str, str | None] = {}
+    for name in ("REDIS_TLS_CA_PATH", "REDIS_TLS_CERT_PATH", "REDIS_TLS_KEY_PATH"):
+        value = env.get(name, "").strip() or None
+        if value is not None and not tls:
+            raise ConfigError(
+                f"{name} is set but TLS is off: set REDIS_TLS=true or use a rediss:// URL"
+            )
+        paths[name] = value
+    if paths["REDIS_TLS_KEY_PATH"] and not paths["REDIS_TLS_CERT_PATH"]:
+        raise ConfigError("REDIS_TLS_KEY_PATH is set without REDIS_TLS_CERT_PATH: set both")
+    return dataclasses.replace(
+        config,
+        tls=tls,
+        tls_ca_path=paths["REDIS_TLS_CA_PATH"],
+        tls_cert_path=paths["REDIS_TLS_CERT_PATH"],
+        tls_key_path=paths["REDIS_TLS_KEY_PATH"],
+        tls_verify=_get(env, "REDIS_TLS_REJECT_UNAUTHORIZED", True, _parse_bool),
+        connect_timeout_s=_get(
+            env,
+            "REDIS_CONNECT_TIMEOUT",
+            5.0,
+            lambda n, r: _parse_int(n, r, minimum=1) / 1000,
+        ),
+        max_retries=_get(env, "REDIS_MAX_RETRIES", 3, lambda n, r: _parse_int(n, r, minimum=0)),
+    )
+
+
+def _parse_redis_url(url: str) -> RedisConfig:
+    # Never echo the URL itself: it may carry a password.
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigError(
+            "REDIS_URL must start with redis:// or rediss:// (TLS), e.g. redis://localhost:6379/0"
+        )
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ConfigError("REDIS_URL has an invalid port: use redis://host:6379") from None
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ConfigError("REDIS_URL path must be a database number, e.g. redis://host:6379/0")
+    return RedisConfig(
+        host=parts.hostname or "localhost",
+        port=port,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        db=int(path) if path else 0,
+        tls=parts.scheme == "rediss",
+        explicit=True,
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-connection limits; each one is enforced with its own error or close code."""
+
+    max_frame_bytes: int = 64 * 1024
+    max_buffer_bytes: int = 1024 * 1024
+    max_subscriptions: int = 128
+    max_channel_length: int = 200
+    rate_per_second: float = 50.0
+    rate_burst: int = 100
+    rate_strikes: int = 10
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """Everything the gateway process is configured with."""
+
+    redis: RedisConfig = dataclasses.field(default_factory=RedisConfig)
+    host: str = "127.0.0.1"
+    port: int = 8765
+    public_channels: tuple[str, ...] = ("notifications", "public:*")
+    session_prefix: str = "session:"
+    auth_timeout_s: float = 10.0
+    heartbeat_s: float = 20.0
+    redis_ping_s: float = 1.0
+    redis_ping_timeout_s: float = 3.0
+    shutdown_timeout_s: float = 10.0
+    log_level: str = "info"
+    log_format: str = "json"
+    limits: Limits = dataclasses.field(default_factory=Limits)
+
+
+def _parse_choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ConfigError(f"{name}={raw!r} is not valid: use one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def load_settings(env: Mapping[str, str]) -> GatewaySettings:
+    """Build and validate the gateway settings from an environment mapping."""
+
+    def integer(minimum: int, maximum: int | None = None) -> Callable[[str, str], int]:
+        return lambda n, r: _parse_int(n, r, minimum=minimum, maximum=maximum)
+
+    defaults = GatewaySettings()
+    dl = defaults.limits
+    limits = Limits(
+        max_frame_bytes=_get(env, "GATEWAY_MAX_FRAME_BYTES", dl.max_frame_bytes, integer(64)),
+        max_buffer_bytes=_get(env, "GATEWAY_MAX_BUFFER_BYTES", dl.max_buffer_bytes, integer(4096)),
+        max_subscriptions=_get(env, "GATEWAY_MAX_SUBSCRIPTIONS", dl.max_subscriptions, integer(1)),
+        max_channel_length=_get(
+            env, "GATEWAY_MAX_CHANNEL_LENGTH", dl.max_channel_length, integer(1, 1024)
+        ),
+        rate_per_second=_get(
+            env,
+            "GATEWAY_RATE_LIMIT",
+            dl.rate_per_second,
+            lambda n, r: _parse_positive(n, r, unit="frames per second"),
+        ),
+        rate_burst=_get(env, "GATEWAY_RATE_BURST", dl.rate_burst, integer(1)),
+        rate_strikes=_get(env, "GATEWAY_RATE_STRIKES", dl.rate_strikes, integer(1)),
+    )
+    public = _get(
+        env, "GATEWAY_PUBLIC_CHANNELS", defaults.public_channels, lambda n, r: _parse_list(r)
+    )
+    if (
+        env.get("GATEWAY_PUBLIC_CHANNELS") is not None
+        and env["GATEWAY_PUBLIC_CHANNELS"].strip() == ""
+    ):
+        public = ()  # explicitly empty: no public channels at all
+    prefix = env.get("GATEWAY_SESSION_PREFIX", defaults.session_prefix)
+    if not prefix:
+        raise ConfigError("GATEWAY_SESSION_PREFIX is empty: leave it unset for 'session:'")
+    ping_s = _get(env, "GATEWAY_REDIS_PING_SECONDS", defaults.redis_ping_s, _parse_positive)
+    ping_timeout_s = _get(
+        env, "GATEWAY_REDIS_PING_TIMEOUT_SECONDS", defaults.redis_ping_timeout_s, _parse_positive
+    )
+    return GatewaySettings(
+        redis=load_redis_config(env),
+        host=env.get("GATEWAY_HOST", "").strip() or defaults.host,
+        port=_get(env, "GATEWAY_PORT", defaults.port, integer(0, 65535)),
+        public_channels=public,
+        session_prefix=prefix,
+        auth_timeout_s=_get(env, "GATEWAY_AUTH_TIMEOUT", defaults.auth_timeout_s, _parse_positive),
+        heartbeat_s=_get(env, "GATEWAY_HEARTBEAT_SECONDS", defaults.heartbeat_s, _parse_positive),
+        redis_ping_s=ping_s,
+        redis_ping_timeout_s=ping_timeout_s,
+        shutdown_timeout_s=_get(
+            env, "GATEWAY_SHUTDOWN_TIMEOUT", defaults.shutdown_timeout_s, _parse_positive
+        ),
+        log_level=_get(
+            env, "GATEWAY_LOG_LEVEL", "info", _parse_choice(("debug", "info", "warning", "error"))
+        ),
+        log_format=_get(env, "GATEWAY_LOG_FORMAT", "json", _parse_choice(("json", "console"))),
+        limits=limits,
+    )

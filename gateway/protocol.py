@@ -1,0 +1,196 @@
+"""The wire contract (docs/protocol.md), as pure functions with no I/O.
+
+Incoming text frames become typed commands through :func:`parse_command`;
+outgoing frames are built as ready-to-write bytes (RFC 6455 header included) so
+the fan-out path writes one pre-built object to every subscriber.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import struct
+from typing import Final
+
+import orjson
+
+__all__ = [
+    "Auth",
+    "CloseCode",
+    "Command",
+    "ErrorCode",
+    "FrameError",
+    "Ping",
+    "Ref",
+    "Subscribe",
+    "Unsubscribe",
+    "encode_frame",
+    "error_frame",
+    "gap_frame",
+    "message_frame",
+    "parse_command",
+    "reply_frame",
+    "text_frame",
+    "welcome_frame",
+]
+
+Ref = str | int | None
+
+MAX_REF_LENGTH: Final = 64
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the gateway sends."""
+
+    SHUTDOWN = 1001
+    POLICY = 1008
+    TOO_BIG = 1009
+    TRY_AGAIN_LATER = 1013
+    UNAUTHORIZED = 4001
+    SLOW_CONSUMER = 4008
+    RATE_LIMITED = 4029
+
+
+class ErrorCode(enum.StrEnum):
+    """``code`` values of error frames; the connection stays open after each."""
+
+    BAD_REQUEST = "bad_request"
+    FORBIDDEN = "forbidden"
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+    RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Auth:
+    token: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Subscribe:
+    channel: str
+    ref: Ref
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    channel: str
+    ref: Ref
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ping:
+    ref: Ref
+
+
+Command = Auth | Subscribe | Unsubscribe | Ping
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FrameError:
+    """A client frame that cannot be acted on; becomes an error frame."""
+
+    code: ErrorCode
+    message: str
+    ref: Ref = None
+
+
+def _ref_of(obj: dict[str, object]) -> tuple[Ref, str | None]:
+    ref = obj.get("ref")
+    if ref is None:
+        return None, None
+    if isinstance(ref, bool) or not isinstance(ref, str | int):
+        return None, "ref must be a string or an integer"
+    if isinstance(ref, str) and len(ref) > MAX_REF_LENGTH:
+        return None, f"ref is longer than {MAX_REF_LENGTH} characters"
+    return ref, None
+
+
+def parse_command(data: str | bytes) -> Command | FrameError:
+    """Decode one client frame; never raises."""
+    if isinstance(data, bytes):
+        return FrameError(ErrorCode.BAD_REQUEST, "binary frames are not accepted: send JSON text")
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return FrameError(ErrorCode.BAD_REQUEST, "frame is not valid JSON")
+    if not isinstance(obj, dict):
+        return FrameError(ErrorCode.BAD_REQUEST, "frame must be a JSON object with a 'type'")
+    ref, ref_problem = _ref_of(obj)
+    if ref_problem is not None:
+        return FrameError(ErrorCode.BAD_REQUEST, ref_problem)
+    kind = obj.get("type")
+    if kind in ("subscribe", "unsubscribe"):
+        channel = obj.get("channel")
+        if not isinstance(channel, str):
+            return FrameError(ErrorCode.BAD_REQUEST, f"{kind} needs a 'channel' string", ref)
+        return Subscribe(channel, ref) if kind == "subscribe" else Unsubscribe(channel, ref)
+    if kind == "ping":
+        return Ping(ref)
+    if kind == "auth":
+        token = obj.get("token")
+        if not isinstance(token, str):
+            return FrameError(ErrorCode.BAD_REQUEST, "auth needs a 'token' string", ref)
+        return Auth(token)
+    if not isinstance(kind, str):
+        return FrameError(ErrorCode.BAD_REQUEST, "frame needs a 'type' string", ref)
+    shown = kind if len(kind) <= 32 else kind[:32] + "..."
+    return FrameError(
+        ErrorCode.BAD_REQUEST,
+        f"unknown type {shown!r}: use subscribe, unsubscribe or ping",
+        ref,
+    )
+
+
+def text_frame(payload: bytes) -> bytes:
+    """Wrap ``payload`` (UTF-8 JSON) in an unmasked, final RFC 6455 text frame."""
+    length = len(payload)
+    if length < 126:
+        return bytes((0x81, length)) + payload
+    if length < 65536:
+        return struct.pack("!BBH", 0x81, 126, length) + payload
+    return struct.pack("!BBQ", 0x81, 127, length) + payload
+
+
+def encode_frame(obj: dict[str, object]) -> bytes:
+    """Serialise a reply object and frame it."""
+    return text_frame(orjson.dumps(obj))
+
+
+def reply_frame(kind: str, ref: Ref, **fields: object) -> bytes:
+    """A reply such as subscribed, unsubscribed or pong, echoing ``ref`` when given."""
+    obj: dict[str, object] = {"type": kind, **fields}
+    if ref is not None:
+        obj["ref"] = ref
+    return encode_frame(obj)
+
+
+def error_frame(code: ErrorCode, message: str, ref: Ref = None) -> bytes:
+    return reply_frame("error", ref, code=code.value, message=message)
+
+
+def welcome_frame(user: str, conn: str, heartbeat_s: float) -> bytes:
+    heartbeat: float | int = int(heartbeat_s) if heartbeat_s == int(heartbeat_s) else heartbeat_s
+    return encode_frame({"type": "welcome", "user": user, "conn": conn, "heartbeat": heartbeat})
+
+
+def gap_frame(channel: str) -> bytes:
+    return encode_frame({"type": "gap", "channel": channel})
+
+
+_MESSAGE_HEAD: Final = b'{"type":"message","channel":'
+
+
+def message_frame(channel_json: bytes, payload: bytes) -> bytes:
+    """The delivery frame for one Redis message, built once for all subscribers.
+
+    ``channel_json`` is the channel already serialised as a JSON string. The payload
+    is embedded verbatim when it is valid JSON, and as a JSON string otherwise
+    (bytes that are not UTF-8 are replaced with U+FFFD).
+    """
+    try:
+        orjson.loads(payload)
+        data = payload
+    except orjson.JSONDecodeError:
+        data = orjson.dumps(payload.decode("utf-8", "replace"))
+    return text_frame(b"".join((_MESSAGE_HEAD, channel_json, b',"data":', data, b"}")))

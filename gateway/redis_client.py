@@ -1,0 +1,49 @@
+"""redis-py clients built from :class:`~gateway.config.RedisConfig` (shared with ``clients``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.config import RedisConfig
+
+__all__ = ["async_redis", "redis_kwargs"]
+
+
+def redis_kwargs(config: RedisConfig) -> dict[str, Any]:
+    """Keyword arguments for ``redis.Redis`` / ``redis.asyncio.Redis`` (minus ``retry``)."""
+    kwargs: dict[str, Any] = {
+        "host": config.host,
+        "port": config.port,
+        "username": config.username,
+        "password": config.password,
+        "db": config.db,
+        "socket_connect_timeout": config.connect_timeout_s,
+        "socket_timeout": max(config.connect_timeout_s, 5.0),
+        "socket_keepalive": True,
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+    if config.tls:
+        kwargs.update(
+            ssl=True,
+            ssl_ca_certs=config.tls_ca_path,
+            ssl_certfile=config.tls_cert_path,
+            ssl_keyfile=config.tls_key_path,
+            ssl_cert_reqs="required" if config.tls_verify else "none",
+            ssl_check_hostname=config.tls_verify,
+        )
+    return kwargs
+
+
+def async_redis(config: RedisConfig) -> Redis:
+    """An asyncio client with a small pool and jittered retries on transient errors."""
+    return Redis(
+        **redis_kwargs(config),
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), config.max_retries),
+        max_connections=16,
+    )

@@ -1,0 +1,85 @@
+"""The gateway process: wires Redis, the registry and the WebSocket server together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from websockets.asyncio.server import Server, serve
+
+from gateway.auth import SessionStore
+from gateway.config import GatewaySettings
+from gateway.connection import ConnectionHandler
+from gateway.http import make_process_request
+from gateway.redis_client import async_redis
+from gateway.registry import Registry
+from gateway.subscriber import Subscriber
+
+__all__ = ["Gateway"]
+
+log = structlog.get_logger("gateway.server")
+
+
+class Gateway:
+    """One gateway: ``await start()``, serve, ``await stop()``."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.registry = Registry()
+        self.subscriber = Subscriber(
+            settings.redis,
+            self.registry,
+            ping_interval_s=settings.redis_ping_s,
+            ping_timeout_s=settings.redis_ping_timeout_s,
+        )
+        self.redis = async_redis(settings.redis)
+        self.handler = ConnectionHandler(
+            settings,
+            self.registry,
+            self.subscriber,
+            SessionStore(self.redis, settings.session_prefix),
+        )
+        self._server: Server | None = None
+        self._subscriber_task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        assert self._server is not None, "start() first"
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        settings = self.settings
+        self._subscriber_task = asyncio.create_task(self.subscriber.run(), name="redis-subscriber")
+        self._server = await serve(
+            self.handler,
+            settings.host,
+            settings.port,
+            process_request=make_process_request(lambda: self.subscriber.ready),
+            compression=None,
+            max_size=settings.limits.max_frame_bytes,
+            ping_interval=settings.heartbeat_s,
+            ping_timeout=settings.heartbeat_s,
+            close_timeout=5,
+            open_timeout=10,
+            server_header=None,
+        )
+        log.info("gateway_started", host=settings.host, port=self.port, redis=settings.redis.url())
+
+    async def stop(self) -> None:
+        """Stop accepting, close every client with 1001, release Redis."""
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            try:
+                async with asyncio.timeout(self.settings.shutdown_timeout_s):
+                    await self._server.wait_closed()
+            except TimeoutError:
+                log.warning("shutdown_deadline_passed", timeout_s=self.settings.shutdown_timeout_s)
+        if self._subscriber_task is not None:
+            self._subscriber_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._subscriber_task
+        await self.redis.aclose()
+        log.info("gateway_stopped")

@@ -1,0 +1,289 @@
+"""The one Redis pub/sub connection of a gateway process, supervised.
+
+:class:`PubSubProtocol` is a lean asyncio protocol over a hiredis reader: every
+chunk read from the socket is parsed into replies, messages go to the registry,
+and the registry's batch is flushed at the end of the chunk, so fan-out is
+batched exactly as Redis delivers.
+
+:class:`Subscriber` owns the connection's life: connect (TLS and AUTH included),
+re-subscribe every wanted channel in one command, send its own PING on the
+subscribed connection and drop the link when the PONG is late (a stopped Redis
+or a black-holed network is otherwise noticed only after minutes), and
+reconnect with exponential backoff and full jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections import deque
+from typing import Any, cast
+
+import hiredis
+import structlog
+
+from gateway.config import RedisConfig
+from gateway.registry import Registry
+
+__all__ = ["Backoff", "PubSubProtocol", "RedisReplyError", "Subscriber"]
+
+log = structlog.get_logger("gateway.subscriber")
+
+
+class RedisReplyError(Exception):
+    """Redis answered a command with an error reply (NOAUTH, WRONGPASS, NOPERM...)."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Pending:
+    """A SUBSCRIBE/UNSUBSCRIBE awaiting one confirmation per channel."""
+
+    kind: bytes
+    channels: list[str]
+
+
+class PubSubProtocol(asyncio.Protocol):
+    """RESP2 pub/sub connection: replies in order, messages to the registry."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._reader = hiredis.Reader()
+        self._expect: deque[asyncio.Future[Any] | _Pending] = deque()
+        self._transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+
+    # -- asyncio callbacks -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        for item in self._expect:
+            if isinstance(item, asyncio.Future) and not item.done():
+                item.set_exception(ConnectionError("Redis connection lost"))
+        self._expect.clear()
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        registry = self._registry
+        try:
+            while (reply := reader.gets()) is not False:
+                if type(reply) is list and reply[0] == b"message":
+                    registry.on_message(reply[1], reply[2])
+                else:
+                    self._on_reply(reply)
+        except hiredis.ProtocolError:
+            log.error("redis_protocol_error")
+            self.abort()
+        finally:
+            registry.flush()
+
+    def _on_reply(self, reply: Any) -> None:
+        if type(reply) is list and reply and reply[0] in (b"subscribe", b"unsubscribe"):
+            kind, channel = reply[0], reply[1].decode("utf-8", "replace")
+            head = self._expect[0] if self._expect else None
+            if isinstance(head, _Pending) and head.kind == kind:
+                head.channels.remove(channel) if channel in head.channels else None
+                if not head.channels:
+                    self._expect.popleft()
+            if kind == b"subscribe":
+                self._registry.on_subscribed(channel)
+            else:
+                self._registry.on_unsubscribed(channel)
+            return
+        if not self._expect:
+            log.warning("redis_unexpected_reply")
+            return
+        head = self._expect.popleft()
+        if isinstance(head, _Pending):
+            message = str(reply) if isinstance(reply, hiredis.ReplyError) else "unexpected reply"
+            if head.kind == b"subscribe":
+                self._registry.on_subscribe_refused(head.channels, message)
+            return
+        if head.done():
+            return
+        if isinstance(reply, hiredis.ReplyError):
+            head.set_exception(RedisReplyError(str(reply)))
+        else:
+            head.set_result(reply)
+
+    # -- commands ----------------------------------------------------------
+
+    def _write(self, *args: str | bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(hiredis.pack_command(args))  # type: ignore[arg-type]
+
+    def request(self, *args: str | bytes) -> asyncio.Future[Any]:
+        """Send a command whose reply is not a pub/sub confirmation."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._transport is None:
+            future.set_exception(ConnectionError("Redis connection lost"))
+            return future
+        self._expect.append(future)
+        self._write(*args)
+        return future
+
+    def subscribe(self, channels: list[str]) -> None:
+        if self._transport is not None:
+            self._expect.append(_Pending(b"subscribe", list(channels)))
+            self._write("SUBSCRIBE", *channels)
+
+    def unsubscribe(self, channels: list[str]) -> None:
+        if self._transport is not None:
+            self._expect.append(_Pending(b"unsubscribe", list(channels)))
+            self._write("UNSUBSCRIBE", *channels)
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class Backoff:
+    """Exponential backoff with full jitter, reset after a stable connection."""
+
+    def __init__(self, base_s: float = 0.1, cap_s: float = 10.0) -> None:
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        delay = random.uniform(0, min(self.cap_s, self.base_s * 2**self.attempt))
+        self.attempt = min(self.attempt + 1, 30)
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Subscriber:
+    """Keeps one pub/sub connection to Redis up for the registry."""
+
+    #: a connection that lived this long resets the backoff
+    STABLE_AFTER_S = 10.0
+
+    def __init__(
+        self,
+        config: RedisConfig,
+        registry: Registry,
+        *,
+        ping_interval_s: float = 1.0,
+        ping_timeout_s: float = 3.0,
+    ) -> None:
+        self._config = config
+        self._registry = registry
+        self._ping_interval_s = ping_interval_s
+        self._ping_timeout_s = ping_timeout_s
+        self._protocol: PubSubProtocol | None = None
+        self._ready = asyncio.Event()
+        self._stopping = False
+        self.backoff = Backoff()
+        self.reconnects = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def connect(self) -> PubSubProtocol:
+        """Open and authenticate one connection; raises on any failure."""
+        config = self._config
+        loop = asyncio.get_running_loop()
+        protocol = PubSubProtocol(self._registry)
+        ssl_context = config.ssl_context()
+        async with asyncio.timeout(config.connect_timeout_s):
+            await loop.create_connection(
+                lambda: protocol,
+                config.host,
+                config.port,
+                ssl=ssl_context,
+                server_hostname=config.host if ssl_context is not None else None,
+            )
+            try:
+                if config.password is not None:
+                    auth = (
+                        (config.username, config.password)
+                        if config.username
+                        else (config.password,)
+                    )
+                    await protocol.request("AUTH", *auth)
+                await protocol.request("CLIENT", "SETNAME", "notify-gateway-subscriber")
+            except BaseException:
+                protocol.abort()
+                raise
+        return protocol
+
+    async def run(self) -> None:
+        """Connect, serve and reconnect until :meth:`stop`; returns only then."""
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            try:
+                protocol = await self.connect()
+            except (OSError, TimeoutError, RedisReplyError) as exc:
+                delay = self.backoff.next_delay()
+                log.warning(
+                    "redis_connect_failed",
+                    redis=self._config.address,
+                    error=_describe(exc),
+                    retry_in_s=round(delay, 3),
+                )
+                await asyncio.sleep(delay)
+                continue
+            started = loop.time()
+            self._protocol = protocol
+            self._registry.on_connected(protocol)
+            self._ready.set()
+            log.info("redis_connected", redis=self._config.address)
+            reason = await self._watch(protocol)
+            self._ready.clear()
+            self._protocol = None
+            self._registry.on_disconnected()
+            if self._stopping:
+                break
+            self.reconnects += 1
+            if loop.time() - started >= self.STABLE_AFTER_S:
+                self.backoff.reset()
+            delay = self.backoff.next_delay()
+            log.warning(
+                "redis_disconnected",
+                redis=self._config.address,
+                reason=reason,
+                retry_in_s=round(delay, 3),
+            )
+            await asyncio.sleep(delay)
+
+    async def _watch(self, protocol: PubSubProtocol) -> str:
+        """Ping until the connection fails; return why it ended."""
+        while not protocol.lost.done():
+            done, _ = await asyncio.wait({protocol.lost}, timeout=self._ping_interval_s)
+            if done:
+                break
+            pong = protocol.request("PING")
+            try:
+                await asyncio.wait_for(asyncio.shield(pong), self._ping_timeout_s)
+            except TimeoutError:
+                protocol.abort()
+                return f"no PONG within {self._ping_timeout_s:g}s"
+            except (ConnectionError, RedisReplyError):
+                break
+        exc = protocol.lost.result() if protocol.lost.done() else None
+        return _describe(exc) if exc is not None else "connection closed by Redis"
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._protocol is not None:
+            self._protocol.abort()
+
+
+def _describe(exc: BaseException) -> str:
+    """A log-safe, one-line description of a connection failure."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
