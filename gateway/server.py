@@ -42,6 +42,7 @@ class Gateway:
         )
         self._server: Server | None = None
         self._subscriber_task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     @property
     def port(self) -> int:
@@ -69,7 +70,10 @@ class Gateway:
         log.info("gateway_started", host=settings.host, port=self.port, redis=settings.redis.url())
 
     async def stop(self) -> None:
-        """Stop accepting, close every client with 1001, release Redis."""
+        """Stop accepting, close every client with 1001, release Redis. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._server is not None:
             self._server.close(close_connections=True)
             try:

@@ -142,6 +142,10 @@ class PubSubProtocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
 
 class Backoff:
     """Exponential backoff with full jitter, reset after a stable connection."""
@@ -180,7 +184,6 @@ class Subscriber:
         self._ping_timeout_s = ping_timeout_s
         self._protocol: PubSubProtocol | None = None
         self._ready = asyncio.Event()
-        self._stopping = False
         self.backoff = Backoff()
         self.reconnects = 0
 
@@ -220,9 +223,9 @@ class Subscriber:
         return protocol
 
     async def run(self) -> None:
-        """Connect, serve and reconnect until :meth:`stop`; returns only then."""
+        """Connect, serve and reconnect until cancelled."""
         loop = asyncio.get_running_loop()
-        while not self._stopping:
+        while True:
             try:
                 protocol = await self.connect()
             except (OSError, TimeoutError, RedisReplyError) as exc:
@@ -240,12 +243,13 @@ class Subscriber:
             self._registry.on_connected(protocol)
             self._ready.set()
             log.info("redis_connected", redis=self._config.address)
-            reason = await self._watch(protocol)
-            self._ready.clear()
-            self._protocol = None
-            self._registry.on_disconnected()
-            if self._stopping:
-                break
+            try:
+                reason = await self._watch(protocol)
+            finally:
+                protocol.close()
+                self._ready.clear()
+                self._protocol = None
+                self._registry.on_disconnected()
             self.reconnects += 1
             if loop.time() - started >= self.STABLE_AFTER_S:
                 self.backoff.reset()
@@ -274,11 +278,6 @@ class Subscriber:
                 break
         exc = protocol.lost.result() if protocol.lost.done() else None
         return _describe(exc) if exc is not None else "connection closed by Redis"
-
-    def stop(self) -> None:
-        self._stopping = True
-        if self._protocol is not None:
-            self._protocol.abort()
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,28 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint unit bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+## run: start the gateway (an embedded redis-server when no Redis is configured or reachable)
+run: $(STAMP)
+	@if [ -z "$$REDIS_URL$$REDIS_HOST" ]; then scripts/system-deps.sh redis-server; fi
+	$(BIN)/notify-gateway serve
+
+## test: lint, type-check and run the whole test suite against real redis-server processes
+test: $(STAMP)
+	scripts/system-deps.sh redis-server
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy gateway clients
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,78 @@
+"""WebSocket client helpers for tests (real websockets clients over loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+__all__ = ["close_code", "connect_authed", "http_get", "recv_json", "request", "wait_until"]
+
+TIMEOUT_S = 5.0
+
+
+async def recv_json(ws: ClientConnection, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
+    async with asyncio.timeout(timeout_s):
+        data = await ws.recv()
+    obj = orjson.loads(data)
+    assert isinstance(obj, dict)
+    return obj
+
+
+async def request(ws: ClientConnection, frame: dict[str, Any]) -> dict[str, Any]:
+    await ws.send(orjson.dumps(frame).decode())
+    return await recv_json(ws)
+
+
+async def connect_authed(
+    url: str, token: str, *, header: bool = True, **kwargs: Any
+) -> tuple[ClientConnection, dict[str, Any]]:
+    """Open a connection, authenticate, and return it with its welcome frame."""
+    headers = {"Authorization": f"Bearer {token}"} if header else None
+    ws = await connect(url, additional_headers=headers, **kwargs)
+    if not header:
+        await ws.send(orjson.dumps({"type": "auth", "token": token}).decode())
+    welcome = await recv_json(ws)
+    assert welcome["type"] == "welcome", welcome
+    return ws, welcome
+
+
+async def close_code(ws: ClientConnection, timeout_s: float = TIMEOUT_S) -> int | None:
+    """Read until the server closes; return the close code it sent."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                await ws.recv()
+    except ConnectionClosed:
+        pass
+    return ws.close_code
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]], timeout_s: float = TIMEOUT_S, step_s: float = 0.02
+) -> None:
+    """Poll an observable condition (e.g. Redis PUBSUB NUMSUB) until it holds."""
+    async with asyncio.timeout(timeout_s):
+        while not await predicate():  # noqa: ASYNC110 - Redis state has no event to await
+            await asyncio.sleep(step_s)
+
+
+async def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """GET over a real HTTP client; returns (status, body) for any status."""
+
+    def fetch() -> tuple[int, str]:
+        req = urllib.request.Request(url, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, error.read().decode()
+
+    return await asyncio.to_thread(fetch)

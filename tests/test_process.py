@@ -1,0 +1,129 @@
+"""The gateway as operators run it: a process with signals, JSON logs and an embedded Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from tests.conftest import MakeSession
+from tests.support.process import GatewayProcess
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.ws import close_code, connect_authed, recv_json, request
+
+
+@pytest.fixture
+def processes() -> Iterator[list[GatewayProcess]]:
+    started: list[GatewayProcess] = []
+    yield started
+    for process in started:
+        process.stop()
+
+
+def spawn(processes: list[GatewayProcess], env: dict[str, str]) -> GatewayProcess:
+    process = GatewayProcess(env)
+    processes.append(process)
+    return process
+
+
+async def test_sigterm_closes_clients_1001_and_exits_0(
+    processes: list[GatewayProcess], redis_server: RedisServer, make_session: MakeSession
+) -> None:
+    gateway = spawn(processes, {"REDIS_URL": redis_server.url})
+    await asyncio.to_thread(gateway.wait_started)
+    ws, _ = await connect_authed(gateway.ws_url, await make_session("3"))
+    gateway.process.send_signal(signal.SIGTERM)
+    assert await close_code(ws) == 1001
+    assert await asyncio.to_thread(gateway.wait) == 0
+    assert any(r["event"] == "gateway_stopped" for r in gateway.records())
+
+
+async def test_logs_are_json_lines_without_tokens(
+    processes: list[GatewayProcess],
+    redis_server: RedisServer,
+    make_session: MakeSession,
+    redis: Redis,
+) -> None:
+    gateway = spawn(processes, {"REDIS_URL": redis_server.url, "GATEWAY_LOG_LEVEL": "debug"})
+    await asyncio.to_thread(gateway.wait_started)
+    token = await make_session("8")
+    ws, _ = await connect_authed(gateway.ws_url, token, header=False)
+    await request(ws, {"type": "subscribe", "channel": "user:8"})
+    await redis.publish("user:8", "x")
+    await recv_json(ws)
+    await ws.close()
+    bad = await connect_authed_failure(gateway.ws_url, "Bearer not-a-real-token-value")
+    assert bad == 4001
+    gateway.process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(gateway.wait) == 0
+    records = gateway.records()  # every line parses as JSON
+    events = [r["event"] for r in records]
+    for expected in ("connection_opened", "subscribed", "connection_closed", "auth_failed"):
+        assert expected in events
+    for record in records:
+        assert {"event", "level", "timestamp"} <= record.keys()
+    opened = next(r for r in records if r["event"] == "connection_opened")
+    assert opened["user"] == "8"
+    assert opened["conn"]
+    closed = next(r for r in records if r["event"] == "connection_closed")
+    assert closed["code"] == 1000
+    assert closed["duration_s"] >= 0
+    failed = next(r for r in records if r["event"] == "auth_failed")
+    assert failed["reason"] == "unknown_or_expired"
+    output = gateway.output() + gateway.stderr()
+    assert token not in output
+    assert "not-a-real-token-value" not in output
+
+
+async def connect_authed_failure(url: str, header: str) -> int | None:
+    from websockets.asyncio.client import connect
+
+    ws = await connect(url, additional_headers={"Authorization": header})
+    return await close_code(ws)
+
+
+async def test_embedded_redis_starts_and_stops_with_the_gateway(
+    processes: list[GatewayProcess],
+) -> None:
+    # No REDIS_URL/REDIS_HOST, and nothing answers on the local port it probes.
+    gateway = spawn(processes, {"REDIS_PORT": str(free_port())})
+    await asyncio.to_thread(gateway.wait_started)
+    started = next(r for r in gateway.records() if r["event"] == "embedded_redis_started")
+    pid, port = started["pid"], started["port"]
+    os.kill(pid, 0)  # alive
+    client = Redis(host="127.0.0.1", port=port)
+    assert await client.ping()
+    await client.aclose()
+    gateway.process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(gateway.wait) == 0
+    assert any(r["event"] == "embedded_redis_stopped" for r in gateway.records())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+async def test_without_redis_or_binary_the_message_says_how_to_get_one(
+    processes: list[GatewayProcess],
+) -> None:
+    gateway = spawn(processes, {"REDIS_PORT": str(free_port()), "PATH": "/nonexistent"})
+    assert await asyncio.to_thread(gateway.wait) == 1
+    message = gateway.stderr()
+    assert "redis-server" in message
+    assert "REDIS_URL" in message
+    assert "Traceback" not in message
+
+
+async def test_configuration_errors_exit_2_with_the_variable_named(
+    processes: list[GatewayProcess],
+) -> None:
+    gateway = spawn(processes, {"GATEWAY_PORT": "http"})
+    assert await asyncio.to_thread(gateway.wait) == 2
+    message = gateway.stderr()
+    assert "GATEWAY_PORT" in message
+    assert "Traceback" not in message
+    assert orjson.dumps(message)  # a single readable line
+    assert message.count("\n") == 1
