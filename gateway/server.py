@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from http import HTTPStatus
 
 import structlog
 from websockets.asyncio.server import Server, serve
+from websockets.http11 import Request, Response
 
 from gateway.auth import SessionStore
 from gateway.config import GatewaySettings
 from gateway.connection import ConnectionHandler
-from gateway.http import make_process_request
+from gateway.http import Route, make_process_request, text_response
 from gateway.redis_client import async_redis
 from gateway.registry import Registry
 from gateway.subscriber import Subscriber
@@ -51,6 +53,19 @@ class Gateway:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
+    def _routes(self) -> dict[str, Route]:
+        def healthz(_request: Request) -> Response:
+            return text_response(HTTPStatus.OK, "ok\n")
+
+        def readyz(_request: Request) -> Response:
+            if self.subscriber.ready:
+                return text_response(HTTPStatus.OK, "ready\n")
+            return text_response(
+                HTTPStatus.SERVICE_UNAVAILABLE, "Redis subscriber connection is down\n"
+            )
+
+        return {"/healthz": healthz, "/readyz": readyz}
+
     async def start(self) -> None:
         settings = self.settings
         self._subscriber_task = asyncio.create_task(self.subscriber.run(), name="redis-subscriber")
@@ -58,7 +73,7 @@ class Gateway:
             self.handler,
             settings.host,
             settings.port,
-            process_request=make_process_request(lambda: self.subscriber.ready),
+            process_request=make_process_request(self._routes()),
             compression=None,
             max_size=settings.limits.max_frame_bytes,
             ping_interval=settings.heartbeat_s,
