@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from redis.asyncio import Redis
 
-from gateway.session import Session, SessionError, parse_session, token_problem
+from gateway.session import Session, SessionError, parse_session, session_digest, token_problem
 
 __all__ = ["AuthFailure", "SessionStore"]
 
@@ -33,6 +35,7 @@ class SessionStore:
         if raw is None:
             raise AuthFailure("unknown_or_expired")
         try:
-            return parse_session(raw if isinstance(raw, bytes) else raw.encode())
+            session = parse_session(raw if isinstance(raw, bytes) else raw.encode())
         except SessionError as exc:
             raise AuthFailure(exc.reason) from None
+        return dataclasses.replace(session, digest=session_digest(token))

@@ -206,6 +206,7 @@ class Limits:
     """Per-connection limits; each one is enforced with its own error or close code."""
 
     max_frame_bytes: int = 64 * 1024
+    max_message_bytes: int = 1024 * 1024
     max_buffer_bytes: int = 1024 * 1024
     max_subscriptions: int = 128
     max_channel_length: int = 200
@@ -254,6 +255,7 @@ def load_settings(env: Mapping[str, str]) -> GatewaySettings:
     limits = Limits(
         max_frame_bytes=_get(env, "GATEWAY_MAX_FRAME_BYTES", dl.max_frame_bytes, integer(64)),
         max_buffer_bytes=_get(env, "GATEWAY_MAX_BUFFER_BYTES", dl.max_buffer_bytes, integer(4096)),
+        max_message_bytes=_get(env, "GATEWAY_MAX_MESSAGE_BYTES", dl.max_message_bytes, integer(64)),
         max_subscriptions=_get(env, "GATEWAY_MAX_SUBSCRIPTIONS", dl.max_subscriptions, integer(1)),
         max_channel_length=_get(
             env, "GATEWAY_MAX_CHANNEL_LENGTH", dl.max_channel_length, integer(1, 1024)

@@ -22,6 +22,7 @@ from websockets.protocol import State
 from gateway.auth import AuthFailure, SessionStore
 from gateway.channels import ChannelPolicy
 from gateway.config import GatewaySettings
+from gateway.control import parse_control
 from gateway.protocol import Auth, CloseCode, parse_command, welcome_frame
 from gateway.registry import Registry
 from gateway.session import (
@@ -68,15 +69,18 @@ class ClientConnection:
         transport.write(data)
         buffered = transport.get_write_buffer_size()
         if buffered > self._max_buffer:
-            self.closed = True
             log.warning("slow_consumer", buffered_bytes=buffered, limit_bytes=self._max_buffer)
-            self._closer.close_later(
-                self._ws, CloseCode.SLOW_CONSUMER, "slow consumer: outgoing buffer limit reached"
-            )
+            self.close(CloseCode.SLOW_CONSUMER, "slow consumer: outgoing buffer limit reached")
 
     def subscription_refused(self, channel: str) -> None:
         if self.session is not None:
             self.session.forget([channel])
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        """Stop writing and start the close handshake; returns at once."""
+        if not self.closed:
+            self.closed = True
+            self._closer.close_later(self._ws, code, reason)
 
 
 class ConnectionHandler:
@@ -95,6 +99,8 @@ class ConnectionHandler:
         self._sessions = sessions
         self._policy = ChannelPolicy(settings.public_channels)
         self._closing: set[asyncio.Task[None]] = set()
+        # Open connections by session digest, for revocation.
+        self._sessions_open: dict[str, set[ClientConnection]] = {}
         self.connections = 0
 
     def close_later(self, ws: ServerConnection, code: CloseCode, reason: str) -> None:
@@ -102,6 +108,17 @@ class ConnectionHandler:
         task = asyncio.get_running_loop().create_task(ws.close(code, reason))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    def on_control(self, payload: bytes) -> None:
+        """Handle a control-channel message (see :mod:`gateway.control`)."""
+        command = parse_control(payload)
+        if command is None:
+            log.warning("control_message_ignored")
+            return
+        clients = self._sessions_open.get(command.digest, ())
+        log.info("session_revoked", connections=len(clients))
+        for client in list(clients):
+            client.close(CloseCode.UNAUTHORIZED, "session revoked")
 
     async def __call__(self, ws: ServerConnection) -> None:
         loop = asyncio.get_running_loop()
@@ -134,12 +151,17 @@ class ConnectionHandler:
         state = ClientSession(session, self._policy, self._settings.limits, loop.time())
         client.session = state
         self.connections += 1
+        self._sessions_open.setdefault(session.digest, set()).add(client)
         bound.info("connection_opened", remote=_remote(ws))
         try:
             client.send(welcome_frame(session.user_id, conn_id, self._settings.heartbeat_s))
             await self._serve(ws, client, state)
         finally:
             self.connections -= 1
+            peers = self._sessions_open[session.digest]
+            peers.discard(client)
+            if not peers:
+                del self._sessions_open[session.digest]
             client.closed = True
             self._registry.unsubscribe(client, state.channels)
             bound.info(

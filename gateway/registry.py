@@ -16,14 +16,17 @@ batch holding all the frames for its channels, so a burst to 1000 sockets costs
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import orjson
+import structlog
 
 from gateway.protocol import ErrorCode, Ref, error_frame, gap_frame, message_frame
 
 __all__ = ["RedisCommands", "Registry", "Sink"]
+
+log = structlog.get_logger("gateway.registry")
 
 
 class Sink(Protocol):
@@ -53,7 +56,15 @@ class _State(enum.Enum):
 class Registry:
     """Who reads which channel, and the Redis subscription state behind it."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        internal: dict[str, Callable[[bytes], None]] | None = None,
+        *,
+        max_message_bytes: int = 1024 * 1024,
+    ) -> None:
+        self._max_message_bytes = max_message_bytes
+        # Gateway-to-gateway channels, always subscribed, handled here, never fanned out.
+        self._internal = {name.encode(): handler for name, handler in (internal or {}).items()}
         # Sinks that receive the channel's messages (their `subscribed` was sent).
         self._active: dict[str, set[Sink]] = {}
         # Sinks waiting for Redis to confirm, with the reply each one gets then.
@@ -64,6 +75,7 @@ class Registry:
         self._batch: dict[bytes, list[bytes]] = {}
         self._channel_json: dict[bytes, bytes] = {}
         self.messages_received = 0
+        self.messages_dropped = 0
         self.deliveries = 0
 
     # -- queries -----------------------------------------------------------
@@ -77,7 +89,11 @@ class Registry:
         return len(self._active.get(channel, ())) + len(self._waiting.get(channel, ()))
 
     def _wanted(self, channel: str) -> bool:
-        return bool(self._active.get(channel)) or bool(self._waiting.get(channel))
+        return (
+            bool(self._active.get(channel))
+            or bool(self._waiting.get(channel))
+            or channel.encode() in self._internal
+        )
 
     # -- client side -------------------------------------------------------
 
@@ -124,7 +140,8 @@ class Registry:
     def on_connected(self, redis: RedisCommands) -> None:
         """A (new) subscriber connection is up: subscribe every wanted channel in one go."""
         self._redis = redis
-        wanted = sorted(self._active.keys() | self._waiting.keys())
+        internal = {name.decode() for name in self._internal}
+        wanted = sorted(self._active.keys() | self._waiting.keys() | internal)
         self._state = dict.fromkeys(wanted, _State.SUBSCRIBING)
         if wanted:
             redis.subscribe(wanted)
@@ -174,7 +191,21 @@ class Registry:
 
     def on_message(self, channel: bytes, payload: bytes) -> None:
         """Frame one message into the current batch; sent by :meth:`flush`."""
+        handler = self._internal.get(channel)
+        if handler is not None:
+            handler(payload)
+            return
         self.messages_received += 1
+        if len(payload) > self._max_message_bytes:
+            self.messages_dropped += 1
+            log.warning(
+                "message_dropped",
+                reason="oversized",
+                channel=channel.decode("utf-8", "replace"),
+                size_bytes=len(payload),
+                limit_bytes=self._max_message_bytes,
+            )
+            return
         channel_json = self._channel_json.get(channel)
         if channel_json is None:
             channel_json = self._channel_json[channel] = orjson.dumps(

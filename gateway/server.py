@@ -11,6 +11,7 @@ from websockets.asyncio.server import Server, serve
 from websockets.http11 import Request, Response
 
 from gateway.auth import SessionStore
+from gateway.channels import CONTROL_CHANNEL
 from gateway.config import GatewaySettings
 from gateway.connection import ConnectionHandler
 from gateway.http import Route, make_process_request, text_response
@@ -28,7 +29,10 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.registry = Registry()
+        self.registry = Registry(
+            {CONTROL_CHANNEL: self._on_control},
+            max_message_bytes=settings.limits.max_message_bytes,
+        )
         self.subscriber = Subscriber(
             settings.redis,
             self.registry,
@@ -52,6 +56,9 @@ class Gateway:
         assert self._server is not None, "start() first"
         port: int = self._server.sockets[0].getsockname()[1]
         return port
+
+    def _on_control(self, payload: bytes) -> None:
+        self.handler.on_control(payload)
 
     def _routes(self) -> dict[str, Route]:
         def healthz(_request: Request) -> Response:

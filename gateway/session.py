@@ -9,6 +9,7 @@ error replies are unit-tested by feeding frames and reading actions.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from collections.abc import Iterable
 
@@ -41,10 +42,16 @@ __all__ = [
     "TokenBucket",
     "UnsubscribeChannel",
     "parse_session",
+    "session_digest",
     "token_problem",
 ]
 
 _TOKEN = re.compile(r"[A-Za-z0-9_.~+/=-]{8,512}")
+
+
+def session_digest(token: str) -> str:
+    """The SHA-256 of a token, hex: how revocation names a session without revealing it."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def token_problem(token: str) -> str | None:
@@ -66,6 +73,8 @@ class SessionError(ValueError):
 class Session:
     user_id: str
     channels: tuple[str, ...] = ()
+    #: :func:`session_digest` of the token that opened it (empty until looked up)
+    digest: str = ""
 
 
 def parse_session(raw: bytes) -> Session:

@@ -9,7 +9,10 @@ import pytest
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
+from gateway.channels import CONTROL_CHANNEL
+from gateway.control import revoke_message
 from gateway.server import Gateway
+from gateway.session import session_digest
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.ws import close_code, connect_authed, http_get, recv_json, request, wait_until
 
@@ -214,3 +217,34 @@ async def test_http_health_endpoints(gateway: Gateway) -> None:
     status, body = await http_get(f"{base}/nope")
     assert status == 404
     assert "/ws" in body
+
+
+async def test_revocation_on_the_control_channel_closes_that_session_4001(
+    gateway_factory: MakeGateway, make_session: MakeSession, redis: Redis
+) -> None:
+    first, second = await gateway_factory(), await gateway_factory()
+    token = await make_session("6")
+    other = await make_session("6")
+    on_first, _ = await connect_authed(ws_url(first), token)
+    on_second, _ = await connect_authed(ws_url(second), token)
+    bystander, _ = await connect_authed(ws_url(first), other)
+    # Two gateways, one publish: the control message names the digest, never the token.
+    assert await redis.publish(CONTROL_CHANNEL, revoke_message(session_digest(token))) == 2
+    assert await close_code(on_first, timeout_s=1) == 4001
+    assert await close_code(on_second, timeout_s=1) == 4001
+    assert on_first.close_reason == "session revoked"
+    assert await request(bystander, {"type": "ping"}) == {"type": "pong"}
+    await bystander.close()
+
+
+async def test_oversized_backend_message_is_dropped_and_others_flow(
+    gateway_factory: MakeGateway, make_session: MakeSession, redis: Redis
+) -> None:
+    gateway = await gateway_factory(GATEWAY_MAX_MESSAGE_BYTES="1000")
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("4"))
+    async with ws:
+        await request(ws, {"type": "subscribe", "channel": "notifications"})
+        await redis.publish("notifications", "x" * 1001)
+        await redis.publish("notifications", "small")
+        assert (await recv_json(ws))["data"] == "small"
+        assert gateway.registry.messages_dropped == 1
