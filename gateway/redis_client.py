@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -41,9 +41,19 @@ def redis_kwargs(config: RedisConfig) -> dict[str, Any]:
 
 
 def async_redis(config: RedisConfig) -> Redis:
-    """An asyncio client with a small pool and jittered retries on transient errors."""
-    return Redis(
-        **redis_kwargs(config),
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), config.max_retries),
+    """An asyncio client with a small pool and jittered retries on transient errors.
+
+    The pool blocks when all its connections are busy: a burst of clients
+    authenticating at once (every client reconnecting after a restart) waits its
+    turn instead of failing with ``MaxConnectionsError``.
+    """
+    kwargs = redis_kwargs(config)
+    tls = kwargs.pop("ssl", False)
+    pool = BlockingConnectionPool(
+        connection_class=SSLConnection if tls else Connection,
         max_connections=16,
+        timeout=config.connect_timeout_s,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), config.max_retries),
+        **kwargs,
     )
+    return Redis.from_pool(pool)
