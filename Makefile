@@ -3,6 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: run test lint unit bench clean
 
@@ -21,8 +22,18 @@ test: $(STAMP)
 	scripts/system-deps.sh redis-server
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy gateway clients
+	$(BIN)/mypy gateway clients bench
 	$(BIN)/python -m pytest
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+## bench: benchmark the gateway against the naive baseline (docs/benchmarks.md); BENCH_ARGS=--full
+## adds 50k idle and 100k concurrent connections, BENCH_ARGS=--quick is the smoke-test size
+bench: $(BENCH_STAMP)
+	scripts/system-deps.sh redis-server
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

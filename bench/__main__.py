@@ -1,0 +1,185 @@
+"""``python -m bench [--quick | --full]``: run every scenario against both servers.
+
+Starts a private redis-server, the load client's ceiling server, then for each of
+notify-gateway (``python -m gateway serve``) and the naive baseline a fresh
+process pinned to one core, and runs the scenarios with the load client,
+publisher and Redis on the other core. Prints a table, writes the JSON results
+and (except with ``--quick``) regenerates docs/benchmarks.md and its chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import resource
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import orjson
+from redis import Redis
+
+from bench import report, scenarios
+from bench.procs import ROOT, Server, cleanup_logs, start_redis, stop_all
+from bench.scenarios import FULL, QUICK, STANDARD, Sizes
+from bench.wire import token
+
+NOFILE = 300_000
+
+
+def _machine() -> dict[str, Any]:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    redis_version = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "uvloop": metadata.version("uvloop"),
+        "websockets": metadata.version("websockets"),
+        "redis": next((w[2:] for w in redis_version if w.startswith("v=")), "?"),
+        "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _raise_nofile() -> int:
+    """Raise the descriptor limit (children inherit it); return how many connections fit.
+
+    Raising the hard limit needs CAP_SYS_RESOURCE; without it one process holds at
+    most hard-limit descriptors, and the connection scenarios are capped (and say so).
+    """
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, max(hard, NOFILE)))
+        hard = max(hard, NOFILE)
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard - 200  # the server's listening socket, Redis connections, log files...
+
+
+def _store_sessions(redis: Redis, count: int) -> None:
+    for start in range(0, count, 10_000):
+        with redis.pipeline(transaction=False) as pipe:
+            for i in range(start, min(count, start + 10_000)):
+                pipe.set(f"session:{token(i)}", orjson.dumps({"userId": str(i)}), ex=3600)
+            pipe.execute()
+
+
+def _run_target(
+    kind: str, redis: Redis, redis_port: int, sizes: Sizes, say: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    server = Server(kind, redis_port)
+    try:
+        say(f"{kind}: broadcast burst")
+        out.append(scenarios.burst(server, redis, redis_port, sizes))
+        for rate in sizes.rates:
+            say(f"{kind}: sustained {rate} msg/s")
+            out.append(scenarios.sustained(server, redis, redis_port, sizes, rate))
+        say(f"{kind}: personal channels")
+        out.append(scenarios.personal(server, redis, redis_port, sizes))
+    finally:
+        server.stop()
+    counts = [*sizes.idle, *([sizes.max_connections] if sizes.max_connections else [])]
+    for n in counts:
+        say(f"{kind}: {n} connections (fresh process)")
+        server = Server(kind, redis_port)
+        try:
+            results = scenarios.connections(server, redis, redis_port, n)
+        finally:
+            server.stop()
+        if n == sizes.max_connections:
+            held = dict(
+                results[0], scenario="maximum concurrent connections", value=n, unit="connections"
+            )
+            results = [held]
+        out += results
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
+        "--quick", action="store_true", help="tiny sizes (seconds; for the smoke test)"
+    )
+    size.add_argument("--full", action="store_true", help="add 50k idle and 100k connections")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench/results/latest.json")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument("--only", choices=("gateway", "baseline"), help="run one server only")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL if args.full else STANDARD
+    mode = "quick" if args.quick else "full" if args.full else "standard"
+    say: Callable[[str], None] = lambda text: print(f"bench: {text}", file=sys.stderr, flush=True)  # noqa: E731
+    fit = _raise_nofile()
+    notes: list[str] = []
+    wanted = [*sizes.idle, *([sizes.max_connections] if sizes.max_connections else [])]
+    if max(wanted) > fit:
+        notes.append(
+            f"connection counts capped at {fit}: RLIMIT_NOFILE hard limit "
+            f"{fit + 200} and no CAP_SYS_RESOURCE to raise it"
+        )
+        sizes = dataclasses.replace(
+            sizes,
+            idle=tuple(sorted({min(n, fit) for n in sizes.idle})),
+            max_connections=min(sizes.max_connections, fit) if sizes.max_connections else None,
+        )
+        say(notes[-1])
+    clients = max(
+        sizes.subscribers, sizes.personal_clients, *sizes.idle, sizes.max_connections or 0
+    )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    results: dict[str, Any] = {
+        "mode": mode,
+        "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "machine": _machine(),
+        "notes": notes,
+        "targets": {},
+    }
+    redis_server = start_redis()
+    redis = Redis(port=redis_server.port)
+    try:
+        _store_sessions(redis, clients)
+        say("load client ceiling")
+        blast = ["--clients", str(sizes.subscribers), "--messages", str(sizes.burst_messages)]
+        blaster = Server("blaster", redis_server.port, blast)
+        try:
+            results["ceiling"] = scenarios.ceiling(blaster, sizes)
+        finally:
+            blaster.stop()
+        kinds = [args.only] if args.only else ["gateway", "baseline"]
+        for kind in kinds:
+            results["targets"][kind] = _run_target(kind, redis, redis_server.port, sizes, say)
+    finally:
+        redis.close()
+        stop_all()
+        redis_server.cleanup()
+        cleanup_logs()
+    print(report.table(results))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    if not args.quick and not args.no_docs and "gateway" in results["targets"]:
+        report.write_docs(results, ROOT / "docs/benchmarks.md", ROOT / "docs/benchmarks.png")
+    ok = all(r["zero_loss"] for rs in results["targets"].values() for r in rs)
+    if not ok:
+        say("messages were lost: see the delivered columns")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""The load client: many raw WebSocket clients in one uvloop process.
+
+Usage (by the orchestrator): ``python -m bench.load '<json spec>'``. It opens
+``clients`` connections (header auth, one ``subscribe`` each), prints a ``ready``
+line, counts deliveries until every client has its ``expected`` messages (or the
+timeout), prints a ``done`` line, then holds the connections until stdin closes
+or says ``exit``. Deliveries are counted by searching the received bytes for
+:data:`bench.wire.MARK` (C speed, no frame or JSON decoding); with ``latency``
+on, the publisher's timestamp after each mark is read as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import orjson
+import uvloop
+
+from bench.wire import MARK, STAMP_DIGITS, WS_ACCEPT, client_text_frame, token, upgrade_request
+
+_SUBSCRIBED = b'"type":"subscribed"'
+_TAIL = len(MARK) - 1
+
+
+@dataclass
+class Spec:
+    port: int
+    clients: int
+    channel: str | None  # None: each client reads its own user:{i}
+    expected: int  # messages per client
+    latency: bool = False
+    host: str = "127.0.0.1"
+    sources: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    inflight: int = 100
+    timeout_s: float = 60.0
+
+
+class Run:
+    """Counters shared by every client of the process."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+        self.pending = spec.clients
+        self.delivered = 0
+        self.first_ns = 0
+        self.last_ns = 0
+        self.latencies: list[int] = []
+        self.lost = 0
+        self.all_done = asyncio.get_running_loop().create_future()
+
+    def client_done(self, now_ns: int) -> None:
+        self.pending -= 1
+        self.last_ns = max(self.last_ns, now_ns)
+        if self.pending == 0 and not self.all_done.done():
+            self.all_done.set_result(None)
+
+
+class Client(asyncio.Protocol):
+    __slots__ = (
+        "buf",
+        "count",
+        "done",
+        "ready",
+        "request",
+        "run",
+        "stage",
+        "subscribe",
+        "transport",
+    )
+
+    def __init__(self, run: Run, request: bytes, subscribe: bytes) -> None:
+        self.run = run
+        self.request = request
+        self.subscribe = subscribe
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.stage = 0  # 0 handshake, 1 awaiting subscribed, 2 counting
+        self.count = 0
+        self.done = run.spec.expected == 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"closed during set-up: {exc}"))
+        elif not self.done:
+            self.run.lost += 1
+
+    def data_received(self, data: bytes) -> None:
+        if self.stage == 2:
+            self._count(data)
+            return
+        buf = self.buf + data
+        if self.stage == 0:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            head = buf[:end]
+            if not head.startswith(b"HTTP/1.1 101") or WS_ACCEPT.encode() not in head:
+                status = head.split(b"\r\n", 1)[0].decode(errors="replace")
+                self.ready.set_exception(ConnectionError(status))
+                assert self.transport is not None
+                self.transport.close()
+                return
+            buf = buf[end + 4 :]
+            self.stage = 1
+            assert self.transport is not None
+            self.transport.write(self.subscribe)
+        at = buf.find(_SUBSCRIBED)
+        if at < 0:
+            self.buf = buf[-len(_SUBSCRIBED) :]
+            return
+        self.stage = 2
+        self.buf = b""
+        self.ready.set_result(None)
+        rest = buf[at + len(_SUBSCRIBED) :]
+        if rest:
+            self._count(rest)
+
+    def _count(self, data: bytes) -> None:
+        run = self.run
+        if run.spec.latency:
+            found = self._stamps(data)
+        else:
+            found = data.count(MARK) + (self.buf + data[:_TAIL]).count(MARK)
+            self.buf = data[-_TAIL:]
+        if not found:
+            return
+        if run.first_ns == 0:
+            run.first_ns = time.monotonic_ns()
+        run.delivered += found
+        self.count += found
+        if not self.done and self.count >= run.spec.expected:
+            self.done = True
+            run.client_done(time.monotonic_ns())
+
+    def _stamps(self, data: bytes) -> int:
+        now = time.monotonic_ns()
+        buf = self.buf + data
+        latencies = self.run.latencies
+        found = 0
+        start = len(MARK)
+        i = buf.find(MARK)
+        while i >= 0:
+            end = i + start + STAMP_DIGITS
+            if end > len(buf):
+                self.buf = buf[i:]
+                return found
+            latencies.append(now - int(buf[i + start : end]))
+            found += 1
+            i = buf.find(MARK, end)
+        self.buf = buf[-_TAIL:]
+        return found
+
+
+async def _open(run: Run, i: int, gate: asyncio.Semaphore) -> Client | str:
+    spec = run.spec
+    channel = spec.channel if spec.channel is not None else f"user:{i}"
+    request = upgrade_request(spec.host, spec.port, token(i))
+    subscribe = client_text_frame({"type": "subscribe", "channel": channel, "ref": 1})
+    source = spec.sources[i % len(spec.sources)]
+    async with gate:
+        try:
+            loop = asyncio.get_running_loop()
+            _, client = await loop.create_connection(
+                lambda: Client(run, request, subscribe),
+                spec.host,
+                spec.port,
+                local_addr=(source, 0),
+            )
+            async with asyncio.timeout(30):
+                await client.ready
+        except (OSError, TimeoutError) as exc:
+            return type(exc).__name__ + (f": {exc}" if str(exc) else "")
+    return client
+
+
+def _percentile(ordered: list[int], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
+
+
+async def main(spec: Spec) -> None:
+    run = Run(spec)
+    gate = asyncio.Semaphore(spec.inflight)
+    started = time.monotonic()
+    results = await asyncio.gather(*(_open(run, i, gate) for i in range(spec.clients)))
+    connect_s = time.monotonic() - started
+    clients = [c for c in results if isinstance(c, Client)]
+    errors: dict[str, int] = {}
+    for r in results:
+        if isinstance(r, str):
+            errors[r] = errors.get(r, 0) + 1
+    run.pending = 0 if spec.expected == 0 else run.pending - (spec.clients - len(clients))
+    if run.pending == 0 and not run.all_done.done():
+        run.all_done.set_result(None)
+    _emit(
+        event="ready",
+        connected=len(clients),
+        failed=spec.clients - len(clients),
+        errors=errors,
+        connect_s=connect_s,
+        cpu_s=time.process_time(),
+    )
+    cpu_at_ready = time.process_time()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(spec.timeout_s):
+            await run.all_done
+    lat: dict[str, Any] = {}
+    if run.latencies:
+        ordered = sorted(run.latencies)
+        lat = {
+            "p50_ms": _percentile(ordered, 0.50),
+            "p99_ms": _percentile(ordered, 0.99),
+            "max_ms": ordered[-1] / 1e6,
+            "samples": len(ordered),
+        }
+    _emit(
+        event="done",
+        delivered=run.delivered,
+        expected=len(clients) * spec.expected,
+        first_ns=run.first_ns,
+        last_ns=run.last_ns,
+        complete=run.pending == 0,
+        lost_connections=run.lost,
+        cpu_s=time.process_time() - cpu_at_ready,
+        latency=lat,
+    )
+    # Hold the connections (the orchestrator may be measuring memory) until told to exit.
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    for client in clients:
+        if client.transport is not None:
+            client.transport.abort()
+
+
+def _emit(**fields: Any) -> None:
+    sys.stdout.write(orjson.dumps(fields).decode() + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    uvloop.run(main(Spec(**orjson.loads(sys.argv[1]))))

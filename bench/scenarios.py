@@ -1,0 +1,215 @@
+"""The scenarios: each runs against one server and returns one result dict.
+
+Every result has ``delivered`` and ``expected`` (``zero_loss`` when equal); the
+figure of merit is ``value`` in ``unit``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+
+from bench.procs import Child, Server
+
+BROADCAST = "public:bench"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    subscribers: int
+    burst_messages: int
+    sustained_s: float
+    rates: tuple[int, ...]
+    personal_clients: int
+    personal_messages: int
+    idle: tuple[int, ...]
+    max_connections: int | None
+
+
+QUICK = Sizes(50, 40, 0.5, (20, 200), 50, 3, (200,), None)
+STANDARD = Sizes(1000, 1000, 5.0, (20, 200), 2000, 10, (5000,), None)
+FULL = Sizes(1000, 1000, 5.0, (20, 200), 2000, 10, (5000, 50000), 100_000)
+
+
+def _result(
+    name: str, value: float, unit: str, done: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    return {
+        "scenario": name,
+        "value": value,
+        "unit": unit,
+        "delivered": done["delivered"],
+        "expected": done["expected"],
+        "zero_loss": done["delivered"] == done["expected"] and done["complete"],
+        **extra,
+    }
+
+
+def _wait_subscribed(redis: Redis, channels: list[str], timeout_s: float = 30.0) -> None:
+    """Publish only once Redis has every channel subscribed (the baseline does not wait)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        counts = redis.pubsub_numsub(*channels)
+        if all(n >= 1 for _, n in counts):
+            return
+        time.sleep(0.02)
+    raise TimeoutError("channels not subscribed in Redis")
+
+
+def _load(server: Server, clients: int, channel: str | None, expected: int, **kw: Any) -> Child:
+    spec = {"port": server.port, "clients": clients, "channel": channel, "expected": expected, **kw}
+    return Child("bench.load", spec)
+
+
+def _ready(load: Child, timeout_s: float) -> dict[str, Any]:
+    ready = load.event(timeout_s)
+    if ready["failed"]:
+        load.finish()
+        raise RuntimeError(f"{ready['failed']} clients failed to connect: {ready['errors']}")
+    return ready
+
+
+def _publish(
+    redis_port: int, channels: list[str], messages: int, rate: float | None = None
+) -> dict[str, Any]:
+    spec = {"port": redis_port, "channels": channels, "messages": messages, "rate": rate}
+    publisher = Child("bench.publish", spec)
+    try:
+        return publisher.event(timeout_s=120)
+    finally:
+        publisher.finish()
+
+
+def ceiling(server: Server, sizes: Sizes) -> dict[str, Any]:
+    """The load client against the blaster: its own counting ceiling."""
+    load = _load(server, sizes.subscribers, BROADCAST, sizes.burst_messages, timeout_s=60)
+    try:
+        _ready(load, 60)
+        done = load.event(90)
+    finally:
+        load.finish()
+    seconds = max(1, done["last_ns"] - done["first_ns"]) / 1e9
+    return _result("client ceiling", done["delivered"] / seconds, "deliveries/s", done)
+
+
+def burst(server: Server, redis: Redis, redis_port: int, sizes: Sizes) -> dict[str, Any]:
+    n, m = sizes.subscribers, sizes.burst_messages
+    load = _load(server, n, BROADCAST, m, timeout_s=120)
+    try:
+        _ready(load, 60)
+        _wait_subscribed(redis, [BROADCAST])
+        cpu = server.cpu_s()
+        published = _publish(redis_port, [BROADCAST], m)
+        done = load.event(150)
+        cpu = server.cpu_s() - cpu
+    finally:
+        load.finish()
+    seconds = max(1, done["last_ns"] - published["started_ns"]) / 1e9
+    return _result(
+        f"broadcast burst ({n} subs x {m} msgs)",
+        done["delivered"] / seconds,
+        "deliveries/s",
+        done,
+        seconds=seconds,
+        server_cpu_s=cpu,
+        client_cpu_s=done["cpu_s"],
+    )
+
+
+def sustained(
+    server: Server, redis: Redis, redis_port: int, sizes: Sizes, rate: int
+) -> dict[str, Any]:
+    n = sizes.subscribers
+    m = max(1, round(rate * sizes.sustained_s))
+    load = _load(server, n, BROADCAST, m, latency=True, timeout_s=sizes.sustained_s + 60)
+    try:
+        _ready(load, 60)
+        _wait_subscribed(redis, [BROADCAST])
+        _publish(redis_port, [BROADCAST], m, rate=rate)
+        done = load.event(sizes.sustained_s + 90)
+    finally:
+        load.finish()
+    lat = done["latency"] or {"p50_ms": math.nan, "p99_ms": math.nan, "max_ms": math.nan}
+    return _result(
+        f"sustained {rate} msg/s to {n} subs",
+        lat["p99_ms"],
+        "ms p99",
+        done,
+        p50_ms=lat["p50_ms"],
+        p99_ms=lat["p99_ms"],
+        max_ms=lat["max_ms"],
+        rate=rate,
+    )
+
+
+def personal(server: Server, redis: Redis, redis_port: int, sizes: Sizes) -> dict[str, Any]:
+    n, m = sizes.personal_clients, sizes.personal_messages
+    channels = [f"user:{i}" for i in range(n)]
+    load = _load(server, n, None, m, timeout_s=120)
+    try:
+        _ready(load, 60)
+        _wait_subscribed(redis, channels)
+        cpu = server.cpu_s()
+        published = _publish(redis_port, channels, m)
+        done = load.event(150)
+        cpu = server.cpu_s() - cpu
+    finally:
+        load.finish()
+    seconds = max(1, done["last_ns"] - published["started_ns"]) / 1e9
+    return _result(
+        f"personal channels ({n} clients x {m} msgs)",
+        done["delivered"] / seconds,
+        "deliveries/s",
+        done,
+        seconds=seconds,
+        server_cpu_s=cpu,
+        client_cpu_s=done["cpu_s"],
+    )
+
+
+def connections(server: Server, redis: Redis, redis_port: int, n: int) -> list[dict[str, Any]]:
+    """Idle memory per connection and set-up rate at ``n`` connections, then one broadcast."""
+    warm = _load(server, 10, BROADCAST, 0)
+    _ready(warm, 60)
+    warm.finish()
+    time.sleep(0.5)
+    before = server.rss_kib()
+    sources = [f"127.0.0.{k}" for k in range(1, 2 + n // 20000)]
+    load = _load(server, n, BROADCAST, 1, sources=sources, timeout_s=600)
+    try:
+        cpu = server.cpu_s()
+        ready = _ready(load, 900)
+        cpu = server.cpu_s() - cpu
+        time.sleep(1.0)
+        after = server.rss_kib()
+        _wait_subscribed(redis, [BROADCAST])
+        _publish(redis_port, [BROADCAST], 1)
+        done = load.event(600)
+    finally:
+        load.finish()
+    per_conn = (after - before) / n
+    return [
+        _result(
+            f"idle memory at {n} connections",
+            per_conn,
+            "KiB/conn",
+            done,
+            rss_before_kib=before,
+            rss_after_kib=after,
+            connections=n,
+        ),
+        _result(
+            f"connection set-up ({n} connections)",
+            n / ready["connect_s"],
+            "conn/s",
+            done,
+            connect_s=ready["connect_s"],
+            connections=n,
+            server_cpu_s=cpu,
+            client_cpu_s=ready["cpu_s"],
+        ),
+    ]
