@@ -124,35 +124,35 @@ class ConnectionHandler:
         loop = asyncio.get_running_loop()
         started = loop.time()
         conn_id = secrets.token_hex(6)
-        bound = log.bind(conn=conn_id)
+        # conn and user ride in the task's contextvars, merged into every record:
+        # no bound logger is kept per connection.
         structlog.contextvars.bind_contextvars(conn=conn_id)
         if not self._subscriber.ready:
-            bound.info("connection_refused", reason="redis_unavailable")
+            log.info("connection_refused", reason="redis_unavailable")
             await ws.close(CloseCode.TRY_AGAIN_LATER, "Redis unavailable; try again later")
             return
         try:
             session = await self._authenticate(ws)
         except AuthFailure as exc:
-            bound.info("auth_failed", reason=exc.reason, remote=_remote(ws))
+            log.info("auth_failed", reason=exc.reason, remote=_remote(ws))
             reason = _AUTH_REASONS.get(
                 exc.reason, "unauthorized: unknown, expired or invalid session"
             )
             await ws.close(CloseCode.UNAUTHORIZED, reason)
             return
         except RedisError as exc:
-            bound.warning("auth_unavailable", error=type(exc).__name__)
+            log.warning("auth_unavailable", error=type(exc).__name__)
             await ws.close(CloseCode.TRY_AGAIN_LATER, "session store unavailable; try again later")
             return
         except ConnectionClosed:
             return
         structlog.contextvars.bind_contextvars(user=session.user_id)
-        bound = bound.bind(user=session.user_id)
         client = ClientConnection(ws, self._settings.limits.max_buffer_bytes, self)
         state = ClientSession(session, self._policy, self._settings.limits, loop.time())
         client.session = state
         self.connections += 1
         self._sessions_open.setdefault(session.digest, set()).add(client)
-        bound.info("connection_opened", remote=_remote(ws))
+        log.info("connection_opened", remote=_remote(ws))
         try:
             client.send(welcome_frame(session.user_id, conn_id, self._settings.heartbeat_s))
             await self._serve(ws, client, state)
@@ -164,7 +164,7 @@ class ConnectionHandler:
                 del self._sessions_open[session.digest]
             client.closed = True
             self._registry.unsubscribe(client, state.channels)
-            bound.info(
+            log.info(
                 "connection_closed",
                 code=ws.close_code,
                 duration_s=round(loop.time() - started, 3),
