@@ -16,6 +16,7 @@ from typing import cast
 import structlog
 from redis.exceptions import RedisError
 from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
@@ -147,6 +148,7 @@ class ConnectionHandler:
         except ConnectionClosed:
             return
         structlog.contextvars.bind_contextvars(user=session.user_id)
+        _release_handshake(ws)
         client = ClientConnection(ws, self._settings.limits.max_buffer_bytes, self)
         state = ClientSession(session, self._policy, self._settings.limits, loop.time())
         client.session = state
@@ -211,6 +213,21 @@ class ConnectionHandler:
                     return
         except ConnectionClosed:
             return
+
+
+_NO_HEADERS = Headers()
+
+
+def _release_handshake(ws: ServerConnection) -> None:
+    """Free the upgrade request's and response's headers, never read after authentication.
+
+    They were the largest objects an idle connection kept (about 4 KiB of RSS), and
+    the request's held the bearer token for the connection's whole life.
+    """
+    if ws.request is not None:
+        ws.request.headers = _NO_HEADERS
+    if ws.response is not None:
+        ws.response.headers = _NO_HEADERS
 
 
 def _remote(ws: ServerConnection) -> str:
