@@ -45,6 +45,7 @@ class CloseCode(enum.IntEnum):
     SHUTDOWN = 1001
     POLICY = 1008
     TOO_BIG = 1009
+    PING_TIMEOUT = 1011
     TRY_AGAIN_LATER = 1013
     UNAUTHORIZED = 4001
     SLOW_CONSUMER = 4008

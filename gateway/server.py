@@ -48,6 +48,7 @@ class Gateway:
         )
         self._server: Server | None = None
         self._subscriber_task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
         self._stopped = False
 
     @property
@@ -76,6 +77,7 @@ class Gateway:
     async def start(self) -> None:
         settings = self.settings
         self._subscriber_task = asyncio.create_task(self.subscriber.run(), name="redis-subscriber")
+        self._heartbeat_task = asyncio.create_task(self.handler.heartbeat(), name="heartbeat")
         self._server = await serve(
             self.handler,
             settings.host,
@@ -83,8 +85,10 @@ class Gateway:
             process_request=make_process_request(self._routes()),
             compression=None,
             max_size=settings.limits.max_frame_bytes,
-            ping_interval=settings.heartbeat_s,
-            ping_timeout=settings.heartbeat_s,
+            # One heartbeat task for all connections (ConnectionHandler.heartbeat)
+            # instead of websockets' keepalive task per connection.
+            ping_interval=None,
+            ping_timeout=None,
             close_timeout=5,
             open_timeout=10,
             server_header=None,
@@ -103,9 +107,10 @@ class Gateway:
                     await self._server.wait_closed()
             except TimeoutError:
                 log.warning("shutdown_deadline_passed", timeout_s=self.settings.shutdown_timeout_s)
-        if self._subscriber_task is not None:
-            self._subscriber_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._subscriber_task
+        for task in (self._heartbeat_task, self._subscriber_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.redis.aclose()
         log.info("gateway_stopped")
