@@ -95,7 +95,8 @@ def _run_target(
         out.append(scenarios.personal(server, redis, redis_port, sizes))
     finally:
         server.stop()
-    counts = [*sizes.idle, *([sizes.max_connections] if sizes.max_connections else [])]
+    maximum = sizes.max_connections
+    counts = [n for n in sizes.idle if n != maximum] + ([maximum] if maximum else [])
     for n in counts:
         say(f"{kind}: {n} connections (fresh process)")
         server = Server(kind, redis_port)
@@ -103,13 +104,31 @@ def _run_target(
             results = scenarios.connections(server, redis, redis_port, n)
         finally:
             server.stop()
-        if n == sizes.max_connections:
+        if n == maximum:
             held = dict(
                 results[0], scenario="maximum concurrent connections", value=n, unit="connections"
             )
-            results = [held]
+            results = [held, *results]
         out += results
     return out
+
+
+def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median value, with every run's value and zero loss over all runs."""
+    ordered = sorted(rows, key=lambda r: r["value"])
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    if len(rows) > 1:
+        row["values"] = [r["value"] for r in rows]
+        row["zero_loss"] = all(r["zero_loss"] for r in rows)
+    return row
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    targets = {
+        kind: [_median_row([run["targets"][kind][i] for run in runs]) for i in range(len(rows))]
+        for kind, rows in runs[0]["targets"].items()
+    }
+    return {"ceiling": _median_row([run["ceiling"] for run in runs]), "targets": targets}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--full", action="store_true", help="add 50k idle and 100k connections")
     parser.add_argument("--json", type=Path, default=ROOT / "bench/results/latest.json")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run everything N times; report the medians"
+    )
     parser.add_argument("--only", choices=("gateway", "baseline"), help="run one server only")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL if args.full else STANDARD
@@ -149,22 +171,29 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
         "machine": _machine(),
         "notes": notes,
-        "targets": {},
     }
     redis_server = start_redis()
     redis = Redis(port=redis_server.port)
+    kinds = [args.only] if args.only else ["gateway", "baseline"]
     try:
         _store_sessions(redis, clients)
-        say("load client ceiling")
-        blast = ["--clients", str(sizes.subscribers), "--messages", str(sizes.burst_messages)]
-        blaster = Server("blaster", redis_server.port, blast)
-        try:
-            results["ceiling"] = scenarios.ceiling(blaster, sizes)
-        finally:
-            blaster.stop()
-        kinds = [args.only] if args.only else ["gateway", "baseline"]
-        for kind in kinds:
-            results["targets"][kind] = _run_target(kind, redis, redis_server.port, sizes, say)
+        runs = []
+        for k in range(args.repeat):
+            say(f"run {k + 1} of {args.repeat}")
+            run: dict[str, Any] = {"targets": {}}
+            say("load client ceiling")
+            blast = ["--clients", str(sizes.subscribers), "--messages", str(sizes.burst_messages)]
+            blaster = Server("blaster", redis_server.port, blast)
+            try:
+                run["ceiling"] = scenarios.ceiling(blaster, sizes)
+            finally:
+                blaster.stop()
+            for kind in kinds:
+                run["targets"][kind] = _run_target(kind, redis, redis_server.port, sizes, say)
+            runs.append(run)
+        results.update(_median(runs))
+        if len(runs) > 1:
+            results["runs"] = runs
     finally:
         redis.close()
         stop_all()

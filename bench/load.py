@@ -115,16 +115,28 @@ class Client(asyncio.Protocol):
             self.stage = 1
             assert self.transport is not None
             self.transport.write(self.subscribe)
-        at = buf.find(_SUBSCRIBED)
-        if at < 0:
-            self.buf = buf[-len(_SUBSCRIBED) :]
-            return
-        self.stage = 2
-        self.buf = b""
-        self.ready.set_result(None)
-        rest = buf[at + len(_SUBSCRIBED) :]
-        if rest:
-            self._count(rest)
+        # Until `subscribed`, walk whole frames: a close frame (4001...) fails at once.
+        while len(buf) >= 2:
+            length, start = buf[1] & 0x7F, 2
+            if length == 126:
+                length, start = int.from_bytes(buf[2:4]), 4
+            if len(buf) < start + length:
+                break
+            opcode, frame, buf = buf[0] & 0x0F, buf[start : start + length], buf[start + length :]
+            if opcode == 0x8:
+                code = int.from_bytes(frame[:2])
+                self.ready.set_exception(ConnectionError(f"closed {code} {frame[2:].decode()}"))
+                assert self.transport is not None
+                self.transport.close()
+                return
+            if opcode == 0x1 and _SUBSCRIBED in frame:
+                self.stage = 2
+                self.buf = b""
+                self.ready.set_result(None)
+                if buf:
+                    self._count(buf)
+                return
+        self.buf = buf
 
     def _count(self, data: bytes) -> None:
         run = self.run

@@ -105,7 +105,8 @@ def table(results: dict[str, Any]) -> str:
 def markdown(results: dict[str, Any], chart: str) -> str:
     m = results["machine"]
     out = [
-        f"Run: `{results['command']}` ({results['mode']} sizes), {m['date']}.",
+        f"Run: `{results['command']}` ({results['mode']} sizes), {m['date']}"
+        + (f"; medians of {len(results['runs'])} runs." if results.get("runs") else "."),
         "",
         f"Machine: {m['nproc']} cores ({m['cpu']}), Linux {m['kernel']}, Python {m['python']}, "
         f"uvloop {m['uvloop']}, websockets {m['websockets']}, redis-server {m['redis']}; "
