@@ -106,7 +106,10 @@ def _run_target(
             server.stop()
         if n == maximum:
             held = dict(
-                results[0], scenario="maximum concurrent connections", value=n, unit="connections"
+                results[0],
+                scenario=f"maximum concurrent connections (of {n})",
+                value=results[0]["connections"],
+                unit="connections",
             )
             results = [held, *results]
         out += results
