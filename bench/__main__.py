@@ -147,7 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, default=1, help="run everything N times; report the medians"
     )
     parser.add_argument("--only", choices=("gateway", "baseline"), help="run one server only")
+    parser.add_argument(
+        "--from-json", type=Path, help="run nothing: print and document the results in PATH"
+    )
     args = parser.parse_args(argv)
+    if args.from_json is not None:
+        return _report(orjson.loads(args.from_json.read_bytes()), args)
     sizes = QUICK if args.quick else FULL if args.full else STANDARD
     mode = "quick" if args.quick else "full" if args.full else "standard"
     say: Callable[[str], None] = lambda text: print(f"bench: {text}", file=sys.stderr, flush=True)  # noqa: E731
@@ -194,18 +199,27 @@ def main(argv: list[str] | None = None) -> int:
             for kind in kinds:
                 run["targets"][kind] = _run_target(kind, redis, redis_server.port, sizes, say)
             runs.append(run)
-        results.update(_median(runs))
-        if len(runs) > 1:
-            results["runs"] = runs
+            results.update(_median(runs))
+            if len(runs) > 1:
+                results["runs"] = runs
+            _write_json(args.json, results)  # what is done so far survives an interruption
     finally:
         redis.close()
         stop_all()
         redis_server.cleanup()
         cleanup_logs()
+    return _report(results, args)
+
+
+def _write_json(path: Path, results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+
+
+def _report(results: dict[str, Any], args: argparse.Namespace) -> int:
+    say: Callable[[str], None] = lambda text: print(f"bench: {text}", file=sys.stderr)  # noqa: E731
     print(report.table(results))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    if not args.quick and not args.no_docs and "gateway" in results["targets"]:
+    if results["mode"] != "quick" and not args.no_docs and "gateway" in results["targets"]:
         report.write_docs(results, ROOT / "docs/benchmarks.md", ROOT / "docs/benchmarks.png")
     ok = all(r["zero_loss"] for rs in results["targets"].values() for r in rs)
     if not ok:
