@@ -49,24 +49,32 @@ class GatewayProcess:
 
     def wait_event(self, event: str, timeout_s: float = 15.0) -> dict[str, Any]:
         """Block until the process logs ``event``; return that log record."""
+        return self.wait_events({event}, timeout_s)[event]
+
+    def wait_events(self, events: set[str], timeout_s: float = 15.0) -> dict[str, dict[str, Any]]:
+        """Block until the process has logged every one of ``events``, in any order."""
         deadline = time.monotonic() + timeout_s
-        while True:
+        seen: dict[str, dict[str, Any]] = {}
+        while len(seen) < len(events):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"no {event!r} in the gateway log: {self.output()}")
+                missing = sorted(events - seen.keys())
+                raise TimeoutError(f"no {missing} in the gateway log: {self.output()}")
             try:
                 line = self._queue.get(timeout=remaining)
             except queue.Empty:
                 continue
             if line is None:
-                raise RuntimeError(f"gateway exited before {event!r}: {self.output()}")
+                raise RuntimeError(f"gateway exited before {sorted(events)}: {self.output()}")
             record = orjson.loads(line)
-            if record.get("event") == event:
-                return dict(record)
+            if record.get("event") in events:
+                seen[record["event"]] = dict(record)
+        return seen
 
     def wait_started(self) -> int:
-        self.port = int(self.wait_event("gateway_started")["port"])
-        self.wait_event("redis_connected")
+        # The subscriber may connect before or after the server listens.
+        seen = self.wait_events({"gateway_started", "redis_connected"})
+        self.port = int(seen["gateway_started"]["port"])
         return self.port
 
     @property
