@@ -51,7 +51,7 @@ def _fmt(r: dict[str, Any] | None) -> str:
     if r is None:
         return "-"
     v = r["value"]
-    if r["unit"] in ("deliveries/s", "conn/s"):
+    if r["unit"] in ("deliveries/s", "conn/s", "connections"):
         text = f"{v:,.0f}"
     elif r["unit"] == "ms p99":
         text = f"p50 {r['p50_ms']:.2f} / p99 {v:.2f} / max {r['max_ms']:.2f} ms"
@@ -170,6 +170,8 @@ def chart(results: dict[str, Any], png: Path) -> None:
             ax.axhline(
                 results["ceiling"]["value"], color="grey", ls="--", label="load client ceiling"
             )
+        if not title.startswith("idle"):
+            ax.set_yscale("log")  # the baseline is one to two orders of magnitude away
         ax.set_xticks(list(xs), labels, fontsize=7)
         ax.set_title(title)
         ax.legend(fontsize=7)
