@@ -10,6 +10,7 @@ client whose unsent bytes pass the buffer limit is closed with 4008.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from typing import cast
 
@@ -19,6 +20,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from gateway.admission import AdmissionControl
 from gateway.auth import AuthFailure, SessionStore
 from gateway.channels import ChannelPolicy
 from gateway.config import GatewaySettings
@@ -49,15 +51,23 @@ _AUTH_REASONS = {
 class ClientConnection:
     """The registry's view of one client: a non-blocking, bounded writer."""
 
-    __slots__ = ("_closer", "_max_buffer", "_transport", "_ws", "closed", "session")
+    __slots__ = ("_closer", "_max_buffer", "_transport", "_ws", "closed", "conn_id", "session")
 
-    def __init__(self, ws: ServerConnection, max_buffer: int, closer: ConnectionHandler) -> None:
+    def __init__(
+        self,
+        ws: ServerConnection,
+        conn_id: str,
+        session: ClientSession,
+        max_buffer: int,
+        closer: ConnectionHandler,
+    ) -> None:
         self._ws = ws
         self._transport = cast(asyncio.WriteTransport, ws.transport)
         self._max_buffer = max_buffer
         self._closer = closer
+        self.conn_id = conn_id
+        self.session = session
         self.closed = False
-        self.session: ClientSession | None = None
 
     def send(self, data: bytes) -> None:
         if self.closed:
@@ -73,8 +83,7 @@ class ClientConnection:
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: outgoing buffer limit reached")
 
     def subscription_refused(self, channel: str) -> None:
-        if self.session is not None:
-            self.session.forget([channel])
+        self.session.forget([channel])
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Stop writing and start the close handshake; returns at once."""
@@ -92,16 +101,19 @@ class ConnectionHandler:
         registry: Registry,
         subscriber: Subscriber,
         sessions: SessionStore,
+        admission: AdmissionControl,
     ) -> None:
         self._settings = settings
         self._registry = registry
         self._subscriber = subscriber
         self._sessions = sessions
+        self._admission = admission
         self._policy = ChannelPolicy(settings.public_channels)
         self._closing: set[asyncio.Task[None]] = set()
-        # Open connections by session digest, for revocation.
-        self._sessions_open: dict[str, set[ClientConnection]] = {}
-        self.connections = 0
+        # Authenticated connections by session digest (revocation, re-checks, leases).
+        self._open: dict[str, set[ClientConnection]] = {}
+        self.sockets = 0  # every WebSocket, authenticated or not (the global cap)
+        self.connections = 0  # authenticated ones
 
     def close_later(self, ws: ServerConnection, code: CloseCode, reason: str) -> None:
         """Start a close handshake from synchronous code (the fan-out path)."""
@@ -115,60 +127,127 @@ class ConnectionHandler:
         if command is None:
             log.warning("control_message_ignored")
             return
-        clients = self._sessions_open.get(command.digest, ())
+        clients = self._open.get(command.digest, ())
         log.info("session_revoked", connections=len(clients))
         for client in list(clients):
             client.close(CloseCode.UNAUTHORIZED, "session revoked")
 
+    async def upkeep(self) -> None:
+        """Every recheck interval: close sessions gone from Redis, renew connection leases."""
+        while True:
+            await asyncio.sleep(self._settings.session_recheck_s)
+            try:
+                await self.recheck()
+            except RedisError as exc:
+                log.warning("session_recheck_failed", error=type(exc).__name__)
+
+    async def recheck(self) -> None:
+        sessions = [next(iter(clients)).session.session for clients in self._open.values()]
+        for session in await self._sessions.missing(sessions):
+            clients = self._open.get(session.digest, set())
+            log.info("session_expired", connections=len(clients))
+            for client in list(clients):
+                client.close(CloseCode.UNAUTHORIZED, "session expired or deleted")
+        leases: dict[str, list[str]] = {}
+        for clients in self._open.values():
+            for client in clients:
+                if not client.closed:
+                    user = client.session.session.user_id
+                    leases.setdefault(user, []).append(client.conn_id)
+        await self._admission.renew(leases)
+
     async def __call__(self, ws: ServerConnection) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        conn_id = secrets.token_hex(6)
-        bound = log.bind(conn=conn_id)
-        structlog.contextvars.bind_contextvars(conn=conn_id)
+        self.sockets += 1
+        try:
+            await self._handle(ws)
+        finally:
+            self.sockets -= 1
+
+    async def _refuse(self, ws: ServerConnection) -> bool:
+        """Close ``ws`` when the process cannot take it now; True if it was closed."""
+        bound = log.bind()
+        if self.sockets > self._settings.admission.max_connections:
+            bound.warning("connection_refused", reason="gateway_full")
+            await ws.close(CloseCode.TRY_AGAIN_LATER, "gateway at its connection limit")
+            return True
         if not self._subscriber.ready:
             bound.info("connection_refused", reason="redis_unavailable")
             await ws.close(CloseCode.TRY_AGAIN_LATER, "Redis unavailable; try again later")
-            return
+            return True
+        refusal = await self._admission.check_ip(self._client_ip(ws))
+        if refusal is not None:
+            bound.info("connection_refused", reason="ip_attempts", remote=_remote(ws))
+            await ws.close(CloseCode.RATE_LIMITED, refusal.value)
+            return True
+        return False
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        conn_id = secrets.token_hex(6)
+        structlog.contextvars.bind_contextvars(conn=conn_id)
         try:
+            if await self._refuse(ws):
+                return
             session = await self._authenticate(ws)
+            refusal = await self._admission.admit(session.user_id, conn_id)
         except AuthFailure as exc:
-            bound.info("auth_failed", reason=exc.reason, remote=_remote(ws))
+            log.info("auth_failed", reason=exc.reason, remote=_remote(ws))
             reason = _AUTH_REASONS.get(
                 exc.reason, "unauthorized: unknown, expired or invalid session"
             )
             await ws.close(CloseCode.UNAUTHORIZED, reason)
             return
         except RedisError as exc:
-            bound.warning("auth_unavailable", error=type(exc).__name__)
+            log.warning("auth_unavailable", error=type(exc).__name__)
             await ws.close(CloseCode.TRY_AGAIN_LATER, "session store unavailable; try again later")
             return
         except ConnectionClosed:
             return
         structlog.contextvars.bind_contextvars(user=session.user_id)
-        bound = bound.bind(user=session.user_id)
-        client = ClientConnection(ws, self._settings.limits.max_buffer_bytes, self)
+        if refusal is not None:
+            log.info("connection_refused", reason=refusal.name.lower())
+            await ws.close(CloseCode.RATE_LIMITED, refusal.value)
+            return
+        try:
+            await self._run(ws, conn_id, session)
+        finally:
+            with contextlib.suppress(RedisError):
+                await self._admission.release(session.user_id, conn_id)
+            log.info(
+                "connection_closed",
+                code=ws.close_code,
+                duration_s=round(loop.time() - started, 3),
+            )
+
+    async def _run(self, ws: ServerConnection, conn_id: str, session: Session) -> None:
+        loop = asyncio.get_running_loop()
         state = ClientSession(session, self._policy, self._settings.limits, loop.time())
-        client.session = state
+        client = ClientConnection(ws, conn_id, state, self._settings.limits.max_buffer_bytes, self)
         self.connections += 1
-        self._sessions_open.setdefault(session.digest, set()).add(client)
-        bound.info("connection_opened", remote=_remote(ws))
+        self._open.setdefault(session.digest, set()).add(client)
+        log.info("connection_opened", remote=_remote(ws))
         try:
             client.send(welcome_frame(session.user_id, conn_id, self._settings.heartbeat_s))
             await self._serve(ws, client, state)
         finally:
             self.connections -= 1
-            peers = self._sessions_open[session.digest]
+            peers = self._open[session.digest]
             peers.discard(client)
             if not peers:
-                del self._sessions_open[session.digest]
+                del self._open[session.digest]
             client.closed = True
             self._registry.unsubscribe(client, state.channels)
-            bound.info(
-                "connection_closed",
-                code=ws.close_code,
-                duration_s=round(loop.time() - started, 3),
-            )
+
+    def _client_ip(self, ws: ServerConnection) -> str:
+        header = self._settings.admission.trusted_proxy_header
+        if header is not None and ws.request is not None:
+            value = ws.request.headers.get(header)
+            if value:
+                # The trusted proxy appends the address it saw: the last entry.
+                return value.split(",")[-1].strip()
+        address = ws.remote_address
+        return str(address[0]) if isinstance(address, tuple) else str(address)
 
     async def _authenticate(self, ws: ServerConnection) -> Session:
         assert ws.request is not None

@@ -9,7 +9,9 @@ from http import HTTPStatus
 import structlog
 from websockets.asyncio.server import Server, serve
 from websockets.http11 import Request, Response
+from websockets.typing import Origin
 
+from gateway.admission import AdmissionControl
 from gateway.auth import SessionStore
 from gateway.channels import CONTROL_CHANNEL
 from gateway.config import GatewaySettings
@@ -45,9 +47,12 @@ class Gateway:
             self.registry,
             self.subscriber,
             SessionStore(self.redis, settings.session_prefix),
+            AdmissionControl(
+                self.redis, settings.admission, lease_s=max(10.0, 3 * settings.session_recheck_s)
+            ),
         )
         self._server: Server | None = None
-        self._subscriber_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
 
     @property
@@ -75,18 +80,26 @@ class Gateway:
 
     async def start(self) -> None:
         settings = self.settings
-        self._subscriber_task = asyncio.create_task(self.subscriber.run(), name="redis-subscriber")
+        self._tasks = [
+            asyncio.create_task(self.subscriber.run(), name="redis-subscriber"),
+            asyncio.create_task(self.handler.upkeep(), name="session-upkeep"),
+        ]
+        origins: list[Origin | None] | None = None
+        if settings.admission.allowed_origins:
+            # Browsers always send Origin; services without one are not a CSWSH vector.
+            origins = [*(Origin(o) for o in settings.admission.allowed_origins), None]
         self._server = await serve(
             self.handler,
             settings.host,
             settings.port,
             process_request=make_process_request(self._routes()),
-            compression=None,
+            origins=origins,
+            compression="deflate" if settings.compression else None,
             max_size=settings.limits.max_frame_bytes,
             ping_interval=settings.heartbeat_s,
             ping_timeout=settings.heartbeat_s,
             close_timeout=5,
-            open_timeout=10,
+            open_timeout=settings.handshake_timeout_s,
             server_header=None,
         )
         log.info("gateway_started", host=settings.host, port=self.port, redis=settings.redis.url())
@@ -103,9 +116,10 @@ class Gateway:
                     await self._server.wait_closed()
             except TimeoutError:
                 log.warning("shutdown_deadline_passed", timeout_s=self.settings.shutdown_timeout_s)
-        if self._subscriber_task is not None:
-            self._subscriber_task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._subscriber_task
+                await task
         await self.redis.aclose()
         log.info("gateway_stopped")

@@ -75,6 +75,8 @@ class Session:
     channels: tuple[str, ...] = ()
     #: :func:`session_digest` of the token that opened it (empty until looked up)
     digest: str = ""
+    #: the Redis key it was read from, to re-check it; holds the token, so never shown
+    key: str = dataclasses.field(default="", repr=False)
 
 
 def parse_session(raw: bytes) -> Session:
