@@ -10,7 +10,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
@@ -39,15 +39,15 @@ def redact_secrets(
     return event_dict
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Send structured events to stdout as JSON lines (or coloured console output)."""
+def configure_logging(level: str = "info", fmt: str = "json", file: BinaryIO | None = None) -> None:
+    """Send structured events to stdout (or ``file``) as JSON lines, or coloured console output."""
     renderer: Any
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer()
         logger_factory: Any = structlog.PrintLoggerFactory(sys.stdout)
     else:
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        logger_factory = structlog.BytesLoggerFactory(sys.stdout.buffer)
+        logger_factory = structlog.BytesLoggerFactory(file or sys.stdout.buffer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

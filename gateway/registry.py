@@ -160,6 +160,8 @@ class Registry:
                 self._redis.unsubscribe([channel])
             return
         self._state[channel] = _State.SUBSCRIBED
+        if channel.encode() in self._internal:
+            return
         readers = self._active.setdefault(channel, set())
         if channel in self._gap:
             self._gap.discard(channel)

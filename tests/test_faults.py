@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -20,6 +19,7 @@ from tests.conftest import MakeGateway, ws_url
 from tests.support.process import GatewayProcess
 from tests.support.proxy import FaultProxy
 from tests.support.redis_server import RedisServer, free_port
+from tests.support.tokens import new_token
 from tests.support.ws import close_code, connect_authed, http_get, recv_json, request, wait_until
 
 MakeRedis = Callable[[Sequence[str]], RedisServer]
@@ -36,7 +36,7 @@ async def unready(gateway: Gateway | GatewayProcess) -> bool:
 async def subscribed_client(
     gateway_url: str, redis: Redis, channel: str = "public:faults"
 ) -> ClientConnection:
-    token = secrets.token_urlsafe(24)
+    token = new_token()
     await redis.set(f"session:{token}", '{"userId":"f"}', ex=60)
     ws, _ = await connect_authed(gateway_url, token)
     assert (await request(ws, {"type": "subscribe", "channel": channel}))["type"] == "subscribed"
