@@ -247,6 +247,8 @@ class GatewaySettings:
     handshake_timeout_s: float = 10.0
     session_recheck_s: float = 30.0
     compression: bool = False
+    history_prefix: str = "notify-gateway:history:"
+    max_replay: int = 1000
     log_level: str = "info"
     log_format: str = "json"
     limits: Limits = dataclasses.field(default_factory=Limits)
@@ -361,6 +363,8 @@ def load_settings(env: Mapping[str, str]) -> GatewaySettings:
         compression=_get(env, "GATEWAY_COMPRESSION", "off", _parse_choice(("off", "deflate")))
         == "deflate",
         admission=_load_admission(env),
+        history_prefix=env.get("GATEWAY_HISTORY_PREFIX", "").strip() or defaults.history_prefix,
+        max_replay=_get(env, "GATEWAY_MAX_REPLAY", defaults.max_replay, integer(1)),
         shutdown_timeout_s=_get(
             env, "GATEWAY_SHUTDOWN_TIMEOUT", defaults.shutdown_timeout_s, _parse_positive
         ),

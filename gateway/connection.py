@@ -25,8 +25,17 @@ from gateway.auth import AuthFailure, SessionStore
 from gateway.channels import ChannelPolicy
 from gateway.config import GatewaySettings
 from gateway.control import parse_control
-from gateway.protocol import Auth, CloseCode, parse_command, welcome_frame
-from gateway.registry import Registry
+from gateway.protocol import (
+    Auth,
+    CloseCode,
+    ErrorCode,
+    error_frame,
+    parse_command,
+    reply_frame,
+    welcome_frame,
+)
+from gateway.recovery import HistoryReader
+from gateway.registry import Registry, SubscriptionRefused
 from gateway.session import (
     ClientSession,
     Close,
@@ -40,6 +49,9 @@ from gateway.subscriber import Subscriber
 __all__ = ["ClientConnection", "ConnectionHandler"]
 
 log = structlog.get_logger("gateway.connection")
+
+#: How long a subscribe may wait for Redis to confirm (e.g. while it reconnects).
+SUBSCRIBE_TIMEOUT_S = 10.0
 
 _AUTH_REASONS = {
     "auth_timeout": "unauthorized: no auth frame within the auth timeout",
@@ -82,8 +94,9 @@ class ClientConnection:
             log.warning("slow_consumer", buffered_bytes=buffered, limit_bytes=self._max_buffer)
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: outgoing buffer limit reached")
 
-    def subscription_refused(self, channel: str) -> None:
+    def subscription_refused(self, channel: str, message: str) -> None:
         self.session.forget([channel])
+        self.send(error_frame(ErrorCode.UNAVAILABLE, f"Redis refused {channel!r}: {message}"))
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Stop writing and start the close handshake; returns at once."""
@@ -102,12 +115,14 @@ class ConnectionHandler:
         subscriber: Subscriber,
         sessions: SessionStore,
         admission: AdmissionControl,
+        history: HistoryReader,
     ) -> None:
         self._settings = settings
         self._registry = registry
         self._subscriber = subscriber
         self._sessions = sessions
         self._admission = admission
+        self._history = history
         self._policy = ChannelPolicy(settings.public_channels)
         self._closing: set[asyncio.Task[None]] = set()
         # Authenticated connections by session digest (revocation, re-checks, leases).
@@ -237,7 +252,7 @@ class ConnectionHandler:
             if not peers:
                 del self._open[session.digest]
             client.closed = True
-            self._registry.unsubscribe(client, state.channels)
+            self._registry.leave(client, state.channels)
 
     def _client_ip(self, ws: ServerConnection) -> str:
         header = self._settings.admission.trusted_proxy_header
@@ -278,11 +293,10 @@ class ConnectionHandler:
                 if isinstance(action, Reply):
                     client.send(action.frame)
                 elif isinstance(action, SubscribeChannel):
-                    log.debug("subscribed", channel=action.channel)
-                    registry.subscribe(client, action.channel, action.frame, action.ref)
+                    await self._subscribe(client, state, action)
                 elif isinstance(action, UnsubscribeChannel):
                     log.debug("unsubscribed", channel=action.channel)
-                    registry.unsubscribe(client, [action.channel])
+                    registry.leave(client, [action.channel])
                     client.send(action.frame)
                 elif isinstance(action, Close):
                     log.info("connection_rate_limited")
@@ -290,6 +304,45 @@ class ConnectionHandler:
                     return
         except ConnectionClosed:
             return
+
+    async def _subscribe(
+        self, client: ClientConnection, state: ClientSession, action: SubscribeChannel
+    ) -> None:
+        """Join the channel, recover from ``since`` if asked, then reply and go live."""
+        channel, ref = action.channel, action.ref
+        try:
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+                await self._registry.join(client, channel)
+        except (SubscriptionRefused, TimeoutError) as exc:
+            self._registry.leave(client, [channel])
+            state.forget([channel])
+            message = (
+                f"Redis refused the subscription: {exc}"
+                if isinstance(exc, SubscriptionRefused)
+                else "Redis did not confirm the subscription in time; try again"
+            )
+            client.send(error_frame(ErrorCode.UNAVAILABLE, message, ref))
+            return
+        log.debug("subscribed", channel=channel)
+        replay = None
+        try:
+            replay = await self._history.read(channel, action.since)
+        except RedisError as exc:
+            log.warning("history_read_failed", channel=channel, error=type(exc).__name__)
+        fields: dict[str, object] = {"channel": channel}
+        frames: list[bytes] = []
+        cutoff = None
+        if replay is not None:
+            fields.update(offset=replay.position.offset, epoch=replay.position.epoch)
+            if action.since is not None:
+                fields["recovered"] = replay.recovered
+                frames = replay.frames
+                cutoff = replay.position.offset  # buffered copies of what was replayed
+        elif action.since is not None:
+            fields["recovered"] = False
+        reply = reply_frame("subscribed", ref, **fields)
+        tail = self._registry.activate(client, channel, cutoff)
+        client.send(b"".join([reply, *frames, tail]))
 
 
 def _remote(ws: ServerConnection) -> str:

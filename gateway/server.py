@@ -16,7 +16,9 @@ from gateway.auth import SessionStore
 from gateway.channels import CONTROL_CHANNEL
 from gateway.config import GatewaySettings
 from gateway.connection import ConnectionHandler
+from gateway.history import Position
 from gateway.http import Route, make_process_request, text_response
+from gateway.recovery import HistoryReader, Recoverer
 from gateway.redis_client import async_redis
 from gateway.registry import Registry
 from gateway.subscriber import Subscriber
@@ -34,6 +36,7 @@ class Gateway:
         self.registry = Registry(
             {CONTROL_CHANNEL: self._on_control},
             max_message_bytes=settings.limits.max_message_bytes,
+            on_resubscribed=self._on_resubscribed,
         )
         self.subscriber = Subscriber(
             settings.redis,
@@ -42,6 +45,8 @@ class Gateway:
             ping_timeout_s=settings.redis_ping_timeout_s,
         )
         self.redis = async_redis(settings.redis)
+        self.history = HistoryReader(self.redis, settings.history_prefix, settings.max_replay)
+        self.recoverer = Recoverer(self.history, self.registry.finish_recovery)
         self.handler = ConnectionHandler(
             settings,
             self.registry,
@@ -50,6 +55,7 @@ class Gateway:
             AdmissionControl(
                 self.redis, settings.admission, lease_s=max(10.0, 3 * settings.session_recheck_s)
             ),
+            self.history,
         )
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -64,6 +70,9 @@ class Gateway:
 
     def _on_control(self, payload: bytes) -> None:
         self.handler.on_control(payload)
+
+    def _on_resubscribed(self, channel: str, since: Position) -> None:
+        self.recoverer.start(channel, since)
 
     def _routes(self) -> dict[str, Route]:
         def healthz(_request: Request) -> Response:
@@ -116,6 +125,7 @@ class Gateway:
                     await self._server.wait_closed()
             except TimeoutError:
                 log.warning("shutdown_deadline_passed", timeout_s=self.settings.shutdown_timeout_s)
+        await self.recoverer.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
