@@ -11,6 +11,7 @@ from websockets.asyncio.server import Server, serve
 from websockets.http11 import Request, Response
 
 from gateway.auth import SessionStore
+from gateway.browser import browser_routes
 from gateway.channels import CONTROL_CHANNEL
 from gateway.config import GatewaySettings
 from gateway.connection import ConnectionHandler
@@ -71,7 +72,7 @@ class Gateway:
                 HTTPStatus.SERVICE_UNAVAILABLE, "Redis subscriber connection is down\n"
             )
 
-        return {"/healthz": healthz, "/readyz": readyz}
+        return {"/healthz": healthz, "/readyz": readyz, **browser_routes()}
 
     async def start(self) -> None:
         settings = self.settings
