@@ -191,7 +191,8 @@ def test_demo_page_reconnects_and_resubscribes_after_a_gateway_restart(
         first.wait_started()
         page.goto(base_url(first) + "/")
         channel = unique_channel()
-        connect_demo(page, new_session(sync_redis), channel)
+        token = new_session(sync_redis)
+        connect_demo(page, token, channel)
         wait_channel(page, channel, "subscribed")
         sync_redis.publish(channel, orjson.dumps({"n": 1}))
         wait_messages(page, 1)
@@ -210,6 +211,8 @@ def test_demo_page_reconnects_and_resubscribes_after_a_gateway_restart(
         assert "closed 1001" in events
         assert "reconnected as user 42" in events
         assert f"gap on {channel} (reconnect)" in events
+        assert len(tab.sockets) >= 2
+        assert all(token not in url for url, _ in tab.sockets)
     finally:
         first.stop()
         if second is not None:
@@ -242,6 +245,9 @@ def test_revoked_session_stops_the_page_reconnecting(
     assert "unauthorized" in (page.text_content("#notice") or "")
     assert page.is_visible("#notice")
     assert "closed 4001 (session revoked)" in (page.text_content("#events") or "")
+    assert page.get_attribute(f'#channel-list li[data-channel="{channel}"]', "data-status") == (
+        "stopped"
+    )
     # Longer than the 30 s backoff cap: any retry timer would have fired and opened a socket.
     page.clock.run_for(60_000)
     assert page.evaluate("window.socketsOpened") == 1

@@ -100,7 +100,9 @@ function connect(token, channels) {
       `closed ${code}${reason ? ` (${reason})` : ""}${willReconnect ? ", reconnecting" : ""}`,
     );
     for (const row of $("channel-list").children) {
-      if (row.dataset.status === "subscribed") setStatus(row.dataset.channel, "waiting");
+      if (row.dataset.status === "subscribed" || row.dataset.status === "waiting") {
+        setStatus(row.dataset.channel, willReconnect ? "waiting" : "stopped");
+      }
     }
   });
   client.on("subscribed", ({ channel }) => setStatus(channel, "subscribed"));
