@@ -13,6 +13,7 @@ from websockets.typing import Origin
 
 from gateway.admission import AdmissionControl
 from gateway.auth import SessionStore
+from gateway.browser import browser_routes
 from gateway.channels import CONTROL_CHANNEL
 from gateway.config import GatewaySettings
 from gateway.connection import ConnectionHandler
@@ -85,7 +86,7 @@ class Gateway:
                 HTTPStatus.SERVICE_UNAVAILABLE, "Redis subscriber connection is down\n"
             )
 
-        return {"/healthz": healthz, "/readyz": readyz}
+        return {"/healthz": healthz, "/readyz": readyz, **browser_routes()}
 
     async def start(self) -> None:
         settings = self.settings
