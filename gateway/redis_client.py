@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnection
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -12,7 +13,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.config import RedisConfig
 
-__all__ = ["async_redis", "redis_kwargs"]
+__all__ = ["AnyRedis", "async_cluster", "async_redis", "redis_kwargs"]
+
+#: A single Redis (or Sentinel-managed master) or a Redis Cluster.
+AnyRedis = Redis | RedisCluster
 
 
 def redis_kwargs(config: RedisConfig) -> dict[str, Any]:
@@ -38,6 +42,16 @@ def redis_kwargs(config: RedisConfig) -> dict[str, Any]:
             ssl_check_hostname=config.tls_verify,
         )
     return kwargs
+
+
+def async_cluster(config: RedisConfig) -> RedisCluster:
+    """A Redis Cluster client: follows MOVED redirections and refreshes its slot map."""
+    kwargs = {k: v for k, v in redis_kwargs(config).items() if k != "db"}
+    return RedisCluster(
+        **kwargs,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), config.max_retries),
+        max_connections=32,
+    )
 
 
 def async_redis(config: RedisConfig, max_connections: int = 32) -> Redis:
