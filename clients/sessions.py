@@ -21,8 +21,14 @@ _RESERVED = ("userId", "channels")
 
 
 def new_token() -> str:
-    """A fresh URL-safe session token: 256 random bits, 43 characters."""
-    return secrets.token_urlsafe(32)
+    """A fresh URL-safe session token: about 256 random bits, 43 characters.
+
+    Never starts with ``-``, so it can be passed as a command-line argument as is.
+    """
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 def check_token(token: object) -> str:

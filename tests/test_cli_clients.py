@@ -134,7 +134,7 @@ async def test_session_create_prints_a_token_the_gateway_accepts(
 
 
 async def test_session_revoke_closes_the_socket_and_says_whether_it_existed(
-    gateway_factory: MakeGateway, publisher: AsyncPublisher, env: dict[str, str]
+    gateway_factory: MakeGateway, publisher: AsyncPublisher, env: dict[str, str], redis: Redis
 ) -> None:
     gateway = await gateway_factory()
     token = issued(await publisher.create_session("21"))
@@ -147,6 +147,10 @@ async def test_session_revoke_closes_the_socket_and_says_whether_it_existed(
     code, out, _ = await cli(env, "session", "revoke", token)
     assert code == 0
     assert out.startswith("revoked: no stored session")
+    # Tokens issued by other backends may start with "-": "--" ends the options.
+    await redis.set("session:-from-elsewhere", b'{"userId": "21"}')
+    code, out, _ = await cli(env, "session", "revoke", "--", "-from-elsewhere")
+    assert (code, out) == (0, "revoked: session deleted; gateways close its sockets (4001)\n")
 
 
 async def test_listen_prints_messages_then_exits_on_revocation(

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import datetime
 import inspect
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ from clients import (
     RedisRefusedError,
     RedisUnavailableError,
 )
+from clients.sessions import new_token
 from gateway.config import ConfigError
 from tests.conftest import MakeGateway, ws_url
 from tests.support.redis_server import RedisServer
@@ -231,6 +233,13 @@ async def test_a_session_opens_the_gateway_with_its_channels_and_ttl(
     missing = "never-issued-token"
     assert await done(publisher.refresh_session(missing, 60)) is False
     assert await done(publisher.get_session(missing)) is None
+
+
+def test_tokens_are_long_url_safe_and_never_look_like_an_option() -> None:
+    # One in 64 would start with "-" if nothing prevented it: 2000 draws would show it.
+    tokens = {new_token() for _ in range(2000)}
+    assert len(tokens) == 2000
+    assert all(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{42}", token) for token in tokens)
 
 
 async def test_revoking_closes_live_sockets_4001_within_a_second(

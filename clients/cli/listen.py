@@ -38,7 +38,11 @@ _MEANINGS: dict[int, str] = {
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("channels", nargs="+", metavar="CHANNEL", help="exact channel names")
-    parser.add_argument("--token", required=True, help="session token, or - to read it from stdin")
+    parser.add_argument(
+        "--token",
+        required=True,
+        help="session token, or - to read it from stdin (--token=-abc for one starting with -)",
+    )
     parser.add_argument("--url", default=DEFAULT_URL, help=f"gateway WebSocket URL ({DEFAULT_URL})")
 
 

@@ -28,7 +28,11 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     revoke = actions.add_parser(
         "revoke", help="delete a session and close its sockets on every gateway (4001)"
     )
-    revoke.add_argument("token", metavar="TOKEN", help="the token, or - to read it from stdin")
+    revoke.add_argument(
+        "token",
+        metavar="TOKEN",
+        help="the token, or - to read it from stdin (put -- before a token starting with -)",
+    )
 
 
 def _create(publisher: Publisher, args: argparse.Namespace) -> int:
