@@ -12,7 +12,15 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-__all__ = ["close_code", "connect_authed", "http_get", "recv_json", "request", "wait_until"]
+__all__ = [
+    "close_code",
+    "connect_authed",
+    "connect_subscribed",
+    "http_get",
+    "recv_json",
+    "request",
+    "wait_until",
+]
 
 TIMEOUT_S = 5.0
 
@@ -41,6 +49,15 @@ async def connect_authed(
     welcome = await recv_json(ws)
     assert welcome["type"] == "welcome", welcome
     return ws, welcome
+
+
+async def connect_subscribed(url: str, token: str, *channels: str) -> ClientConnection:
+    """An authenticated connection whose subscriptions Redis has confirmed."""
+    ws, _ = await connect_authed(url, token)
+    for channel in channels:
+        reply = await request(ws, {"type": "subscribe", "channel": channel})
+        assert reply["type"] == "subscribed", reply
+    return ws
 
 
 async def close_code(ws: ClientConnection, timeout_s: float = TIMEOUT_S) -> int | None:
