@@ -14,11 +14,12 @@ from collections.abc import Mapping, Sequence
 from gateway import __version__
 from gateway.commands import Subcommand
 from gateway.config import ConfigError
+from gateway.doctor import DOCTOR
 from gateway.serve import SERVE
 
 __all__ = ["main"]
 
-SUBCOMMANDS: tuple[Subcommand, ...] = (SERVE,)
+SUBCOMMANDS: tuple[Subcommand, ...] = (SERVE, DOCTOR)
 
 
 def _parser() -> argparse.ArgumentParser:
