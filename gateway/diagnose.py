@@ -131,12 +131,15 @@ def _from_reply(code: str, text: str, config: RedisConfig, doing: str | None) ->
             f"{at} rejected {_who(config)} with the configured password (WRONGPASS): {fix}",
             fatal=True,
         )
-    if code == "NOPERM":
+    # Inside a Lua script a refusal is an ERR reply that names the script line only.
+    if code == "NOPERM" or "user executing the script can't run" in text:
         what = f" ({doing})" if doing else ""
         return Diagnosis(
             "acl_denied",
             f"the ACL of {_who(config)} at {config.address} refuses it{what}: "
-            f"{_scrub(text, config)} (NOPERM): grant it as in the ACL lines of {ACL_DOCS}",
+            f"{_scrub(text, config).rstrip('.')}{' (NOPERM)' if code == 'NOPERM' else ''}: "
+            "grant it as in "
+            f"the ACL lines of {ACL_DOCS}",
             fatal=True,
         )
     if code == "DENIED":

@@ -24,7 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
-from gateway.access import PROBE_NAME, gateway_probes, probe
+from gateway.access import PROBE_NAME, gateway_probes
 from gateway.commands import Subcommand
 from gateway.config import GatewaySettings, RedisConfig, load_settings
 from gateway.diagnose import diagnose
@@ -148,14 +148,12 @@ class _Doctor:
             )
 
     async def permissions(self) -> None:
-        for command, name in gateway_probes(self.settings):
-            label = f"acl {command} {name}"
+        for probe in gateway_probes(self.redis, self.settings):
+            label = f"acl {probe.doing}"
             try:
-                await probe(self.redis, command, name)
+                await probe.run()
             except RedisError as exc:
-                self.add(
-                    label, Status.FAIL, diagnose(exc, self.config, f"{command} {name}").message
-                )
+                self.add(label, Status.FAIL, diagnose(exc, self.config, probe.doing).message)
             else:
                 self.add(label, Status.OK, "allowed")
         await self.publish_refused()

@@ -147,6 +147,17 @@ CASES: list[tuple[str, BaseException, RedisConfig, str, bool, tuple[str, ...]]] 
         ("SUBSCRIBE public:x", "channels"),
     ),
     (
+        "refused-inside-a-script",
+        rx.ResponseError(
+            "The user executing the script can't run this command or subcommand script: "
+            "403779aa, on @user_script:5."
+        ),
+        USER,
+        "acl_denied",
+        True,
+        ("user 'app'", "@user_script:5", "docs/redis.md"),
+    ),
+    (
         "tls-untrusted",
         verify_error("self-signed certificate in certificate chain"),
         TLS,

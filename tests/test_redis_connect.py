@@ -20,6 +20,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, RedisError
 
+from gateway.channels import CONTROL_CHANNEL
 from gateway.config import ConfigError, RedisConfig, load_redis_config, load_settings
 from gateway.diagnose import Diagnosis, RedisReplyError, diagnose
 from gateway.redis_client import async_redis, redis_kwargs
@@ -175,7 +176,10 @@ async def test_documented_acl_users_work_and_the_gateway_user_cannot_write(
         async with running({"REDIS_URL": gateway_url}) as gateway:
             await delivers(gateway, publisher)
         assert await publisher.expire("session:gone", 10) is False
-        assert await publisher.delete("session:gone") == 0
+        async with publisher.pipeline(transaction=True) as pipe:  # delete and revoke at once
+            pipe.delete("session:gone")
+            pipe.publish(CONTROL_CHANNEL, b"{}")
+            assert await pipe.execute() == [0, 0]
         with pytest.raises(NoPermissionError, match="'publish' command"):
             await gateway_user.publish("notifications", "forged")
         with pytest.raises(NoPermissionError, match="'set' command"):
@@ -189,10 +193,11 @@ async def test_documented_acl_users_work_and_the_gateway_user_cannot_write(
     ("drop", "doing", "refusal"),
     [
         ("+get", "GET session:notify-gateway-check", "'get' command"),
+        ("+zadd", "admission scripts", "can't run this command"),
         ("&__notify_gateway__:control", "SUBSCRIBE __notify_gateway__:control", "channels"),
         ("+client|setname", "", "'client|setname' command"),
     ],
-    ids=["no-session-read", "no-control-channel", "no-client-setname"],
+    ids=["no-session-read", "no-zadd-in-script", "no-control-channel", "no-client-setname"],
 )
 async def test_an_acl_missing_a_permission_fails_at_start_naming_it(
     redis_factory: RedisFactory, drop: str, doing: str, refusal: str
@@ -211,7 +216,7 @@ async def test_an_acl_missing_a_permission_fails_at_start_naming_it(
     assert (found.cause, found.fatal) == ("acl_denied", True)
     assert doing in found.message
     assert refusal in found.message
-    assert "NOPERM" in found.message
+    assert "docs/redis.md" in found.message
 
 
 # -- TLS ------------------------------------------------------------------------
