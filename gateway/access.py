@@ -80,7 +80,7 @@ def gateway_probes(redis: Redis, settings: GatewaySettings) -> list[Probe]:
     admission = AdmissionControl(redis, limits, lease_s=10.0)
     probes.append(
         Probe(
-            f"admission scripts on {limits.key_prefix}{{u:{PROBE_NAME}}}:*",
+            f"admission scripts on {limits.key_prefix}*",
             lambda: _admission_cycle(admission),
         )
     )

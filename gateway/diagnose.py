@@ -78,7 +78,7 @@ def _reply(exc: BaseException) -> tuple[str, str] | None:
     if not isinstance(exc, rx.ResponseError | rx.AuthenticationError | rx.BusyLoadingError):
         return None
     text = str(exc)
-    status = getattr(exc, "status_code", None)  # redis-py 6+ keeps the code here
+    status = getattr(exc, "status_code", None)  # recent redis-py versions keep the code here
     if isinstance(status, str) and status:
         return status, text
     for kind, code in _REDIS_PY_CODES:
