@@ -81,10 +81,8 @@ async def _serve(settings: GatewaySettings) -> int:
     finally:
         if embedded is not None:
             await embedded.stop()
-    if gateway.setup_failed.done():
-        diagnosis = gateway.setup_failed.result().diagnosis
-        log.error("redis_setup_failed", cause=diagnosis.cause, error=diagnosis.message)
-        raise ConfigError(diagnosis.message)  # exit status 2, the diagnosis on stderr
+    if gateway.setup_failed.done():  # logged as redis_setup_failed
+        raise ConfigError(str(gateway.setup_failed.result()))  # exit status 2, on stderr
     return 0
 
 

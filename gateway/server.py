@@ -100,6 +100,8 @@ class Gateway:
             return
         exc = task.exception()
         if isinstance(exc, RedisSetupError):
+            found = exc.diagnosis
+            log.error("redis_setup_failed", cause=found.cause, error=found.message)
             self.setup_failed.set_result(exc)
 
     async def _check_access(self) -> None:
