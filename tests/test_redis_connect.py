@@ -31,6 +31,7 @@ from tests.support.acl import documented_acl_users
 from tests.support.process import GatewayProcess
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.tls import Certs, TlsRedisServer, make_certs
+from tests.support.tokens import new_token
 from tests.support.ws import close_code, connect_authed, http_get, recv_json, request
 
 RedisFactory = Callable[[Sequence[str]], RedisServer]
@@ -72,7 +73,7 @@ async def running(env: Mapping[str, str]) -> AsyncIterator[Gateway]:
 async def delivers(gateway: Gateway, backend: Redis) -> None:
     """A backend stores a session and publishes; the user's WebSocket receives it."""
     user = secrets.token_hex(4)
-    token = secrets.token_urlsafe(24)
+    token = new_token()
     await backend.set(f"session:{token}", orjson.dumps({"userId": user}), ex=60)
     ws, _ = await connect_authed(f"ws://127.0.0.1:{gateway.port}/ws", token)
     async with ws:
@@ -316,14 +317,14 @@ async def test_sessions_in_another_database(redis_server: RedisServer, how: str)
     try:
         async with running(env) as gateway:
             # A session in db 3, notifications published from db 0: pub/sub is global.
-            user, token = secrets.token_hex(4), secrets.token_urlsafe(24)
+            user, token = secrets.token_hex(4), new_token()
             await db3.set(f"session:{token}", orjson.dumps({"userId": user}), ex=60)
             ws, _ = await connect_authed(f"ws://127.0.0.1:{gateway.port}/ws", token)
             async with ws:
                 await request(ws, {"type": "subscribe", "channel": f"user:{user}"})
                 assert await db0.publish(f"user:{user}", b"1") == 1
                 assert (await recv_json(ws))["data"] == 1
-            only_in_db0 = secrets.token_urlsafe(24)
+            only_in_db0 = new_token()
             await db0.set(f"session:{only_in_db0}", orjson.dumps({"userId": user}), ex=60)
             from websockets.asyncio.client import connect
 
