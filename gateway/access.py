@@ -2,9 +2,9 @@
 
 Permissions are found out by trying, with the gateway's own credentials, everything
 the gateway does, on names that stand for each kind: subscribe to a channel of each
-kind it reads (then unsubscribe), look up a session key that does not exist, and take
-and release an admission slot for a user no client has. ``ACL DRYRUN`` would need
-admin rights the gateway user should not have.
+kind it reads (then unsubscribe), look up a session key and a channel history that
+do not exist, and take and release an admission slot for a user no client has.
+``ACL DRYRUN`` would need admin rights the gateway user should not have.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from gateway.admission import AdmissionControl
 from gateway.channels import CONTROL_CHANNEL
 from gateway.config import GatewaySettings
 from gateway.diagnose import RedisSetupError, diagnose
+from gateway.history import Position
+from gateway.recovery import HistoryReader
 
 __all__ = ["PROBE_NAME", "Probe", "gateway_probes", "verify_gateway_access"]
 
@@ -76,6 +78,13 @@ def gateway_probes(redis: Redis, settings: GatewaySettings) -> list[Probe]:
         Probe(f"GET {session}", lambda: redis.get(session)),
         Probe(f"EXISTS {session}", lambda: redis.exists(session)),
     ]
+    reader = HistoryReader(redis, settings.history_prefix, max_replay=1)
+    probes.append(
+        Probe(
+            f"HMGET+XRANGE {settings.history_prefix}*",
+            lambda: reader.read(f"user:{PROBE_NAME}", Position(0, "0")),
+        )
+    )
     limits = settings.admission
     admission = AdmissionControl(redis, limits, lease_s=10.0)
     probes.append(

@@ -28,6 +28,7 @@ from gateway.registry import Registry
 from gateway.server import Gateway
 from gateway.subscriber import Subscriber
 from tests.support.acl import documented_acl_users
+from tests.support.history import publish_with_history
 from tests.support.process import GatewayProcess
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.tls import Certs, TlsRedisServer, make_certs
@@ -81,6 +82,20 @@ async def delivers(gateway: Gateway, backend: Redis) -> None:
         assert reply["type"] == "subscribed", reply
         assert await backend.publish(f"user:{user}", b'{"n":1}') == 1
         assert (await recv_json(ws))["data"] == {"n": 1}
+
+
+async def replays_history(gateway: Gateway, backend: Redis) -> None:
+    """A backend publishes with history; a client resuming from offset 1 gets message 2."""
+    user, token = secrets.token_hex(4), new_token()
+    await backend.set(f"session:{token}", orjson.dumps({"userId": user}), ex=60)
+    _, _, epoch = await publish_with_history(backend, f"user:{user}", b"1")
+    await publish_with_history(backend, f"user:{user}", b"2")
+    ws, _ = await connect_authed(f"ws://127.0.0.1:{gateway.port}/ws", token)
+    async with ws:
+        since = {"offset": 1, "epoch": epoch}
+        reply = await request(ws, {"type": "subscribe", "channel": f"user:{user}", "since": since})
+        assert (reply["type"], reply["recovered"], reply["offset"]) == ("subscribed", True, 2)
+        assert (await recv_json(ws))["data"] == 2
 
 
 async def connect_once(config: RedisConfig) -> None:
@@ -176,6 +191,7 @@ async def test_documented_acl_users_work_and_the_gateway_user_cannot_write(
     try:
         async with running({"REDIS_URL": gateway_url}) as gateway:
             await delivers(gateway, publisher)
+            await replays_history(gateway, publisher)
         assert await publisher.expire("session:gone", 10) is False
         async with publisher.pipeline(transaction=True) as pipe:  # delete and revoke at once
             pipe.delete("session:gone")
