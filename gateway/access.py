@@ -69,7 +69,8 @@ async def _admission_cycle(admission: AdmissionControl) -> None:
 def gateway_probes(redis: Redis, settings: GatewaySettings) -> list[Probe]:
     """Everything the gateway asks of Redis, with a channel or key of each kind."""
     channels = [CONTROL_CHANNEL, *map(_sample, settings.public_channels), f"user:{PROBE_NAME}"]
-    probes = [
+    probes = [Probe("PING", redis.ping)]  # the subscriber's liveness check
+    probes += [
         Probe(f"SUBSCRIBE {channel}", functools.partial(_subscribe, redis, channel))
         for channel in dict.fromkeys(channels)
     ]

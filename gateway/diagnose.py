@@ -22,7 +22,7 @@ from redis import exceptions as rx
 
 from gateway.config import RedisConfig
 
-__all__ = ["Diagnosis", "RedisReplyError", "RedisSetupError", "diagnose"]
+__all__ = ["Diagnosis", "RedisReplyError", "RedisSetupError", "diagnose", "user_label"]
 
 ACL_DOCS = "docs/redis.md"
 
@@ -90,7 +90,8 @@ def _reply(exc: BaseException) -> tuple[str, str] | None:
     return (code, rest) if code.isupper() else ("ERR", text)
 
 
-def _who(config: RedisConfig) -> str:
+def user_label(config: RedisConfig) -> str:
+    """Who connects, for messages: ``user 'app'`` or ``the default user``."""
     return f"user {config.username!r}" if config.username else "the default user"
 
 
@@ -128,7 +129,7 @@ def _from_reply(code: str, text: str, config: RedisConfig, doing: str | None) ->
         )
         return Diagnosis(
             "wrong_password",
-            f"{at} rejected {_who(config)} with the configured password (WRONGPASS): {fix}",
+            f"{at} rejected {user_label(config)} with the configured password (WRONGPASS): {fix}",
             fatal=True,
         )
     # Inside a Lua script a refusal is an ERR reply that names the script line only.
@@ -136,7 +137,7 @@ def _from_reply(code: str, text: str, config: RedisConfig, doing: str | None) ->
         what = f" ({doing})" if doing else ""
         return Diagnosis(
             "acl_denied",
-            f"the ACL of {_who(config)} at {config.address} refuses it{what}: "
+            f"the ACL of {user_label(config)} at {config.address} refuses it{what}: "
             f"{_scrub(text, config).rstrip('.')}{' (NOPERM)' if code == 'NOPERM' else ''}: "
             "grant it as in "
             f"the ACL lines of {ACL_DOCS}",

@@ -27,7 +27,7 @@ from redis.exceptions import NoPermissionError, RedisError, ResponseError
 from gateway.access import PROBE_NAME, gateway_probes
 from gateway.commands import Subcommand
 from gateway.config import GatewaySettings, RedisConfig, load_settings
-from gateway.diagnose import diagnose
+from gateway.diagnose import diagnose, user_label
 from gateway.redis_client import redis_kwargs
 
 __all__ = ["DOCTOR", "Check", "Status", "render", "run_checks"]
@@ -65,8 +65,7 @@ def _is_loopback(host: str) -> bool:
 def _refused(what: str, command: str, exc: RedisError, config: RedisConfig) -> Check:
     """The WARN for a check whose command Redis would not run."""
     if isinstance(exc, NoPermissionError):
-        who = f"user {config.username!r}" if config.username else "the default user"
-        why = f"the ACL of {who} refuses {command}"
+        why = f"the ACL of {user_label(config)} refuses {command}"
     elif isinstance(exc, ResponseError) and "unknown command" in str(exc).lower():
         why = f"this Redis disables {command} (managed services often do)"
     else:
@@ -97,11 +96,14 @@ class _Doctor:
             await self.redis.ping()
         except RedisError as exc:
             found = diagnose(exc, config, "PING")
-            if found.cause not in _AUTH_CAUSES:
+            if found.cause in _AUTH_CAUSES:
+                self.add("reachable", Status.OK, f"{config.address} answers")
+                self.add("authenticated", Status.FAIL, found.message)
+            elif found.cause == "acl_denied":  # logged in, but the gateway needs PING
+                self.add("reachable", Status.OK, f"{config.address} answers")
+                self.add("acl PING", Status.FAIL, found.message)
+            else:
                 self.add("reachable", Status.FAIL, found.message)
-                return False
-            self.add("reachable", Status.OK, f"{config.address} answers")
-            self.add("authenticated", Status.FAIL, found.message)
             return False
         transport = "plaintext"
         if config.tls:

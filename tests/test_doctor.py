@@ -118,3 +118,16 @@ def test_down_redis(capsys: pytest.CaptureFixture[str]) -> None:
     assert list(checks) == ["reachable"]
     assert checks["reachable"][0] == "FAIL"
     assert f"connection refused by 127.0.0.1:{port}" in checks["reachable"][1]
+
+
+def test_acl_user_without_ping(
+    redis_factory: RedisFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [a for a in documented_acl_users()["notify-gateway"] if a != "+ping"]
+    server = redis_factory(args)
+    url = f"redis://notify-gateway:change-me-gateway@127.0.0.1:{server.port}/0"
+    status, checks = doctor(capsys, {"REDIS_URL": url})
+    assert status == 1
+    assert checks["reachable"][0] == "OK"
+    assert checks["acl PING"][0] == "FAIL"
+    assert "'ping' command" in checks["acl PING"][1]

@@ -209,12 +209,19 @@ async def test_documented_acl_users_work_and_the_gateway_user_cannot_write(
 @pytest.mark.parametrize(
     ("drop", "doing", "refusal"),
     [
+        ("+ping", "PING", "'ping' command"),
         ("+get", "GET session:notify-gateway-check", "'get' command"),
         ("+zadd", "admission scripts", "can't run this command"),
         ("&__notify_gateway__:control", "SUBSCRIBE __notify_gateway__:control", "channels"),
         ("+client|setname", "", "'client|setname' command"),
     ],
-    ids=["no-session-read", "no-zadd-in-script", "no-control-channel", "no-client-setname"],
+    ids=[
+        "no-ping",
+        "no-session-read",
+        "no-zadd-in-script",
+        "no-control-channel",
+        "no-client-setname",
+    ],
 )
 async def test_an_acl_missing_a_permission_fails_at_start_naming_it(
     redis_factory: RedisFactory, drop: str, doing: str, refusal: str
