@@ -81,20 +81,28 @@ def test_documented_gateway_user_passes_and_cannot_publish(
     assert "refuses CONFIG GET" in checks["pubsub output buffer"][1]
 
 
-def test_acl_user_without_session_read_fails(
-    redis_factory: RedisFactory, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("rule", "check", "refusal"),
+    [
+        ("+get", "acl GET session:notify-gateway-check", "'get' command"),
+        ("+ping", "acl PING", "'ping' command"),
+    ],
+)
+def test_acl_user_missing_a_permission_fails(
+    redis_factory: RedisFactory,
+    capsys: pytest.CaptureFixture[str],
+    rule: str,
+    check: str,
+    refusal: str,
 ) -> None:
-    args = [a for a in documented_acl_users()["notify-gateway"] if a != "+get"]
-    server = redis_factory(args)
+    server = redis_factory([a for a in documented_acl_users()["notify-gateway"] if a != rule])
     url = f"redis://notify-gateway:change-me-gateway@127.0.0.1:{server.port}/0"
     status, checks = doctor(capsys, {"REDIS_URL": url})
     assert status == 1
-    assert [name for name, (s, _) in checks.items() if s == "FAIL"] == [
-        "acl GET session:notify-gateway-check"
-    ]
-    detail = checks["acl GET session:notify-gateway-check"][1]
-    assert "'get' command" in detail
-    assert "NOPERM" in detail
+    assert checks["reachable"][0] == "OK"
+    assert [name for name, (s, _) in checks.items() if s == "FAIL"] == [check]
+    assert refusal in checks[check][1]
+    assert "NOPERM" in checks[check][1]
 
 
 def test_wrong_password_fails_authentication(
@@ -118,16 +126,3 @@ def test_down_redis(capsys: pytest.CaptureFixture[str]) -> None:
     assert list(checks) == ["reachable"]
     assert checks["reachable"][0] == "FAIL"
     assert f"connection refused by 127.0.0.1:{port}" in checks["reachable"][1]
-
-
-def test_acl_user_without_ping(
-    redis_factory: RedisFactory, capsys: pytest.CaptureFixture[str]
-) -> None:
-    args = [a for a in documented_acl_users()["notify-gateway"] if a != "+ping"]
-    server = redis_factory(args)
-    url = f"redis://notify-gateway:change-me-gateway@127.0.0.1:{server.port}/0"
-    status, checks = doctor(capsys, {"REDIS_URL": url})
-    assert status == 1
-    assert checks["reachable"][0] == "OK"
-    assert checks["acl PING"][0] == "FAIL"
-    assert "'ping' command" in checks["acl PING"][1]
