@@ -17,11 +17,12 @@ from clients.cli.session import SESSION
 from gateway import __version__
 from gateway.commands import Subcommand
 from gateway.config import ConfigError
+from gateway.doctor import DOCTOR
 from gateway.serve import SERVE
 
 __all__ = ["main"]
 
-SUBCOMMANDS: tuple[Subcommand, ...] = (SERVE, PUBLISH, SESSION, LISTEN)
+SUBCOMMANDS: tuple[Subcommand, ...] = (SERVE, PUBLISH, SESSION, LISTEN, DOCTOR)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -118,16 +118,42 @@ class RedisConfig:
         return f"{scheme}://{auth}{self.address}/{self.db}"
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """The TLS context for connections, or None for plaintext."""
+        """The TLS context for connections, or None for plaintext.
+
+        Reads the certificate files, so a missing or unreadable one is a
+        :class:`ConfigError` naming its variable.
+        """
         if not self.tls:
             return None
-        context = ssl.create_default_context(cafile=self.tls_ca_path)
+        try:
+            context = ssl.create_default_context(cafile=self.tls_ca_path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"REDIS_TLS_CA_PATH={self.tls_ca_path}: cannot load a CA certificate from it "
+                f"({_reason(exc)}): point it at a PEM file"
+            ) from None
         if self.tls_cert_path:
-            context.load_cert_chain(self.tls_cert_path, self.tls_key_path)
+            try:
+                context.load_cert_chain(self.tls_cert_path, self.tls_key_path)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(
+                    f"REDIS_TLS_CERT_PATH={self.tls_cert_path} / REDIS_TLS_KEY_PATH="
+                    f"{self.tls_key_path}: cannot load the client certificate and key "
+                    f"({_reason(exc)}): use PEM files that match (the key may be in the "
+                    "certificate file)"
+                ) from None
         if not self.tls_verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or "not a valid certificate"
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc)
 
 
 def load_redis_config(env: Mapping[str, str]) -> RedisConfig:
@@ -168,13 +194,20 @@ def load_redis_config(env: Mapping[str, str]) -> RedisConfig:
             "REDIS_CLUSTER=true but a database other than 0 is selected: Redis Cluster has "
             "only database 0; remove the /N from REDIS_URL or REDIS_DB"
         )
+    tls_verify = _get(env, "REDIS_TLS_REJECT_UNAUTHORIZED", True, _parse_bool)
+    if not tls_verify and not tls:
+        # Whoever turned verification off expected TLS: never carry on in plaintext.
+        raise ConfigError(
+            "REDIS_TLS_REJECT_UNAUTHORIZED=false is set but TLS is off: set REDIS_TLS=true "
+            "or use a rediss:// URL (or remove the variable)"
+        )
     return dataclasses.replace(
         config,
         tls=tls,
         tls_ca_path=paths["REDIS_TLS_CA_PATH"],
         tls_cert_path=paths["REDIS_TLS_CERT_PATH"],
         tls_key_path=paths["REDIS_TLS_KEY_PATH"],
-        tls_verify=_get(env, "REDIS_TLS_REJECT_UNAUTHORIZED", True, _parse_bool),
+        tls_verify=tls_verify,
         connect_timeout_s=_get(
             env,
             "REDIS_CONNECT_TIMEOUT",

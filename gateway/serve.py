@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import structlog
 
 from gateway.commands import Subcommand
-from gateway.config import GatewaySettings, load_settings
+from gateway.config import ConfigError, GatewaySettings, load_settings
 from gateway.embedded import EmbeddedRedis, EmbeddedRedisError, redis_answers
 from gateway.log import configure_logging
 from gateway.server import Gateway
@@ -72,14 +72,17 @@ async def _serve(settings: GatewaySettings) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    gateway = Gateway(settings)
     try:
+        gateway = Gateway(settings)
+        gateway.setup_failed.add_done_callback(lambda _: stop.set())
         await gateway.start()
         await stop.wait()
         await gateway.stop()
     finally:
         if embedded is not None:
             await embedded.stop()
+    if gateway.setup_failed.done():  # logged as redis_setup_failed
+        raise ConfigError(str(gateway.setup_failed.result()))  # exit status 2, on stderr
     return 0
 
 

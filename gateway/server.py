@@ -7,10 +7,13 @@ import contextlib
 from http import HTTPStatus
 
 import structlog
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 from websockets.asyncio.server import Server, serve
 from websockets.http11 import Request, Response
 from websockets.typing import Origin
 
+from gateway.access import verify_gateway_access
 from gateway.admission import AdmissionControl
 from gateway.auth import SessionStore
 from gateway.browser import browser_routes
@@ -18,12 +21,13 @@ from gateway.channels import CONTROL_CHANNEL
 from gateway.cluster import ClusterSubscriber
 from gateway.config import GatewaySettings
 from gateway.connection import ConnectionHandler
+from gateway.diagnose import RedisSetupError, diagnose
 from gateway.history import Position
 from gateway.http import Route, make_process_request, text_response
 from gateway.recovery import HistoryReader, Recoverer
 from gateway.redis_client import AnyRedis, async_cluster, async_redis
 from gateway.registry import Registry
-from gateway.subscriber import Subscriber
+from gateway.subscriber import Backoff, Subscriber
 
 __all__ = ["Gateway"]
 
@@ -74,6 +78,10 @@ class Gateway:
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
+        #: set when Redis refuses the configuration at start (see :meth:`start`)
+        self.setup_failed: asyncio.Future[RedisSetupError] = (
+            asyncio.get_running_loop().create_future()
+        )
 
     @property
     def port(self) -> int:
@@ -101,12 +109,57 @@ class Gateway:
 
         return {"/healthz": healthz, "/readyz": readyz, **browser_routes()}
 
+    def _watch_setup(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self.setup_failed.done():
+            return
+        exc = task.exception()
+        if isinstance(exc, RedisSetupError):
+            found = exc.diagnosis
+            log.error("redis_setup_failed", cause=found.cause, error=found.message)
+            self.setup_failed.set_result(exc)
+
+    async def _check_access(self) -> None:
+        """Once Redis answers, check that its ACL allows everything the gateway does."""
+        if isinstance(self.redis, RedisCluster):
+            # The probes use classic SUBSCRIBE; on a cluster each node reports refusals itself.
+            return
+        backoff = Backoff()
+        while True:
+            await self.subscriber.wait_ready()
+            try:
+                await verify_gateway_access(self.redis, self.settings)
+                return
+            except RedisError as exc:  # LOADING, or Redis went away again: check later
+                delay = backoff.next_delay()
+                log.warning(
+                    "redis_access_unchecked",
+                    error=diagnose(exc, self.settings.redis).message,
+                    retry_in_s=round(delay, 3),
+                )
+                await asyncio.sleep(delay)
+
     async def start(self) -> None:
+        """Listen, and connect to Redis in the background.
+
+        Clients are refused with 1013 until Redis is connected. A configuration
+        error Redis reveals at start (wrong password, ACL refusing a command the
+        gateway needs, untrusted certificate) resolves :attr:`setup_failed`.
+        """
         settings = self.settings
+        if settings.redis.tls and not settings.redis.tls_verify:
+            log.warning(
+                "redis_tls_unverified",
+                redis=settings.redis.address,
+                risk="REDIS_TLS_REJECT_UNAUTHORIZED=false: the Redis certificate is not checked, "
+                "anyone on the network path can impersonate Redis",
+            )
         self._tasks = [
             asyncio.create_task(self.subscriber.run(), name="redis-subscriber"),
+            asyncio.create_task(self._check_access(), name="redis-access-check"),
             asyncio.create_task(self.handler.upkeep(), name="session-upkeep"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._watch_setup)
         origins: list[Origin | None] | None = None
         if settings.admission.allowed_origins:
             # Browsers always send Origin; services without one are not a CSWSH vector.
@@ -143,7 +196,7 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, RedisSetupError):
                 await task
         await self.redis.aclose()
         log.info("gateway_stopped")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import socket
 from collections import deque
 from typing import Any, Protocol, cast
 
@@ -24,6 +25,7 @@ import hiredis
 import structlog
 
 from gateway.config import RedisConfig
+from gateway.diagnose import RedisReplyError, RedisSetupError, diagnose
 
 __all__ = ["Backoff", "PubSubProtocol", "RedisReplyError", "Subscriber"]
 
@@ -53,10 +55,6 @@ class Readiness(Protocol):
 
     @property
     def ready(self) -> bool: ...
-
-
-class RedisReplyError(Exception):
-    """Redis answered a command with an error reply (NOAUTH, WRONGPASS, NOPERM...)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -89,12 +87,17 @@ class PubSubProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # lets the OS notice a peer gone without a FIN, as redis-py does
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         for item in self._expect:
             if isinstance(item, asyncio.Future) and not item.done():
-                item.set_exception(ConnectionError("Redis connection lost"))
+                error = ConnectionError("Redis connection lost")
+                error.__cause__ = exc  # a TLS alert, say: what the diagnosis needs
+                item.set_exception(error)
         self._expect.clear()
         if not self.lost.done():
             self.lost.set_result(exc)
@@ -214,6 +217,7 @@ class Subscriber:
         sharded: bool = False,
     ) -> None:
         self._config = config
+        self._ssl_context = config.ssl_context()  # a bad certificate file fails here, at once
         self._registry = registry
         self._sharded = sharded
         self._ping_interval_s = ping_interval_s
@@ -235,7 +239,7 @@ class Subscriber:
         config = self._config
         loop = asyncio.get_running_loop()
         protocol = PubSubProtocol(self._registry, sharded=self._sharded)
-        ssl_context = config.ssl_context()
+        ssl_context = self._ssl_context
         async with asyncio.timeout(config.connect_timeout_s):
             await loop.create_connection(
                 lambda: protocol,
@@ -259,22 +263,34 @@ class Subscriber:
         return protocol
 
     async def run(self) -> None:
-        """Connect, serve and reconnect until cancelled."""
+        """Connect, serve and reconnect until cancelled.
+
+        Raises :class:`RedisSetupError` when the very first connection fails for a
+        reason retrying cannot fix (wrong password, ACL, untrusted certificate): at
+        start that is a configuration error. Later the same failures are retried, as
+        an unreachable Redis always is, with the diagnosis logged.
+        """
         loop = asyncio.get_running_loop()
+        connected_once = False
         while True:
             try:
                 protocol = await self.connect()
             except (OSError, TimeoutError, RedisReplyError) as exc:
+                diagnosis = diagnose(exc, self._config)
+                if diagnosis.fatal and not connected_once:
+                    raise RedisSetupError(diagnosis) from exc
                 delay = self.backoff.next_delay()
                 log.warning(
                     "redis_connect_failed",
                     redis=self._config.address,
-                    error=_describe(exc),
+                    cause=diagnosis.cause,
+                    error=diagnosis.message,
                     retry_in_s=round(delay, 3),
                 )
                 await asyncio.sleep(delay)
                 continue
             started = loop.time()
+            connected_once = True
             self._protocol = protocol
             self._registry.on_connected(protocol)
             self._ready.set()

@@ -72,6 +72,10 @@ class RedisServer:
         self.wait_answering()
         return self
 
+    def client_socket(self) -> socket.socket:
+        """A socket connected to the server, ready for RESP (a TLS server wraps it)."""
+        return socket.create_connection(("127.0.0.1", self.port), timeout=0.5)
+
     def wait_answering(self, timeout_s: float = 10.0) -> None:
         """Block until the server answers PING (or NOAUTH) on its port."""
         deadline = time.monotonic() + timeout_s
@@ -86,7 +90,7 @@ class RedisServer:
                 )
                 raise RuntimeError(f"redis-server exited: {err}\n{log[-2000:]}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                with self.client_socket() as sock:
                     sock.sendall(b"PING\r\n")
                     if sock.recv(64)[:1] in (b"+", b"-"):
                         return
