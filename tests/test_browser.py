@@ -68,6 +68,42 @@ def gateway_process(redis_server: RedisServer) -> Iterator[GatewayProcess]:
     process.stop()
 
 
+class RestartingGateway:
+    """Gateway processes on one fixed port, one at a time, so a page's URL survives a restart."""
+
+    def __init__(self, redis_url: str) -> None:
+        self._env = {"REDIS_URL": redis_url, "GATEWAY_PORT": str(free_port())}
+        self._processes: list[GatewayProcess] = []
+
+    @property
+    def current(self) -> GatewayProcess:
+        return self._processes[-1]
+
+    def start(self) -> GatewayProcess:
+        self._processes.append(GatewayProcess(self._env))
+        self.current.wait_started()
+        return self.current
+
+    def terminate(self) -> None:
+        """SIGTERM (clients get 1001) and a clean exit."""
+        self.current.process.send_signal(signal.SIGTERM)
+        assert self.current.wait() == 0
+
+    def stop(self) -> None:
+        for process in self._processes:
+            process.stop()
+
+
+@pytest.fixture
+def restarting_gateway(redis_server: RedisServer) -> Iterator[RestartingGateway]:
+    gateway = RestartingGateway(redis_server.url)
+    try:
+        gateway.start()
+        yield gateway
+    finally:
+        gateway.stop()
+
+
 @dataclasses.dataclass
 class Tab:
     """A page plus what it did: uncaught errors, console errors, WebSocket URLs and frames."""
@@ -190,42 +226,31 @@ def test_static_files_have_types_and_revalidate(tab: Tab, gateway_process: Gatew
 
 
 def test_demo_page_reconnects_and_resubscribes_after_a_gateway_restart(
-    tab: Tab, redis_server: RedisServer, sync_redis: Redis
+    tab: Tab, restarting_gateway: RestartingGateway, sync_redis: Redis
 ) -> None:
     page = tab.page
-    env = {"REDIS_URL": redis_server.url, "GATEWAY_PORT": str(free_port())}
-    first = GatewayProcess(env)
-    second: GatewayProcess | None = None
-    try:
-        first.wait_started()
-        page.goto(base_url(first) + "/")
-        channel = unique_channel()
-        token = new_session(sync_redis)
-        connect_demo(page, token, channel)
-        wait_channel(page, channel, "subscribed")
-        sync_redis.publish(channel, orjson.dumps({"n": 1}))
-        wait_messages(page, 1)
+    page.goto(base_url(restarting_gateway.current) + "/")
+    channel = unique_channel()
+    token = new_session(sync_redis)
+    connect_demo(page, token, channel)
+    wait_channel(page, channel, "subscribed")
+    sync_redis.publish(channel, orjson.dumps({"n": 1}))
+    wait_messages(page, 1)
 
-        first.process.send_signal(signal.SIGTERM)  # clients get 1001
-        wait_state(page, "reconnecting")
-        assert first.wait() == 0
-        second = GatewayProcess(env)  # same port: the page's URL does not change
-        second.wait_started()
+    restarting_gateway.terminate()
+    wait_state(page, "reconnecting")
+    restarting_gateway.start()
 
-        wait_channel(page, channel, "subscribed")
-        assert sync_redis.publish(channel, orjson.dumps({"n": 2})) == 1
-        wait_messages(page, 2)
-        assert '"n": 2' in (page.text_content("#messages li:first-child") or "")
-        events = page.text_content("#events") or ""
-        assert "closed 1001" in events
-        assert "reconnected as user 42" in events
-        assert f"gap on {channel} (reconnect)" in events
-        assert len(tab.sockets) >= 2
-        assert all(token not in url for url, _ in tab.sockets)
-    finally:
-        first.stop()
-        if second is not None:
-            second.stop()
+    wait_channel(page, channel, "subscribed")
+    assert sync_redis.publish(channel, orjson.dumps({"n": 2})) == 1
+    wait_messages(page, 2)
+    assert '"n": 2' in (page.text_content("#messages li:first-child") or "")
+    events = page.text_content("#events") or ""
+    assert "closed 1001" in events
+    assert "reconnected as user 42" in events
+    assert f"gap on {channel} (reconnect)" in events
+    assert len(tab.sockets) >= 2
+    assert all(token not in url for url, _ in tab.sockets)
 
 
 def test_revoked_session_stops_the_page_reconnecting(
@@ -417,53 +442,42 @@ def publish(redis: Redis, channel: str, n: int) -> tuple[int, int, str]:
 
 
 def test_after_a_gateway_restart_channels_resume_from_their_offset_or_report_the_gap(
-    tab: Tab, redis_server: RedisServer, sync_redis: Redis
+    tab: Tab, restarting_gateway: RestartingGateway, sync_redis: Redis
 ) -> None:
     page = tab.page
-    env = {"REDIS_URL": redis_server.url, "GATEWAY_PORT": str(free_port())}
-    first = GatewayProcess(env)
-    second: GatewayProcess | None = None
     recovers, loses, plain = unique_channel(), unique_channel(), unique_channel()
-    try:
-        first.wait_started()
-        page.goto(base_url(first) + "/healthz")
-        _, _, epoch = publish(sync_redis, recovers, 1)  # before: the reply carries offset 1
-        start_client(page, first.ws_url, new_session(sync_redis), FAST_RETRY)
-        for channel in (recovers, loses, plain):
-            subscribe_recording(page, channel)
-        assert page.evaluate("c => window.client.position(c)", recovers) == {
-            "offset": 1,
-            "epoch": epoch,
-        }
-        publish(sync_redis, recovers, 2)
-        _, _, lost_epoch = publish(sync_redis, loses, 1)
-        wait_received(page, recovers, 1)
-        wait_received(page, loses, 1)
+    page.goto(base_url(restarting_gateway.current) + "/healthz")
+    _, _, epoch = publish(sync_redis, recovers, 1)  # before: the reply carries offset 1
+    start_client(page, restarting_gateway.current.ws_url, new_session(sync_redis), FAST_RETRY)
+    for channel in (recovers, loses, plain):
+        subscribe_recording(page, channel)
+    assert page.evaluate("c => window.client.position(c)", recovers) == {
+        "offset": 1,
+        "epoch": epoch,
+    }
+    publish(sync_redis, recovers, 2)
+    _, _, lost_epoch = publish(sync_redis, loses, 1)
+    wait_received(page, recovers, 1)
+    wait_received(page, loses, 1)
 
-        first.process.send_signal(signal.SIGTERM)
-        page.wait_for_function("window.client.state === 'reconnecting'")
-        assert first.wait() == 0
-        # While the page is away: three messages it must get, and a history that is lost.
-        assert [publish(sync_redis, recovers, n)[:2] for n in (3, 4, 5)] == [(0, 3), (0, 4), (0, 5)]
-        keys = HistoryKeys.for_channel(PREFIX, loses)
-        assert sync_redis.delete(keys.meta, keys.stream) == 2
-        _, _, new_epoch = publish(sync_redis, loses, 2)  # a new stream: offset 1 again
-        second = GatewayProcess(env)  # same port: the page's URL does not change
-        second.wait_started()
+    restarting_gateway.terminate()
+    page.wait_for_function("window.client.state === 'reconnecting'")
+    # While the page is away: three messages it must get, and a history that is lost.
+    assert [publish(sync_redis, recovers, n)[:2] for n in (3, 4, 5)] == [(0, 3), (0, 4), (0, 5)]
+    keys = HistoryKeys.for_channel(PREFIX, loses)
+    assert sync_redis.delete(keys.meta, keys.stream) == 2
+    _, _, new_epoch = publish(sync_redis, loses, 2)  # a new stream: offset 1 again
+    restarting_gateway.start()
 
-        wait_received(page, recovers, 4)
-        for channel in (loses, plain):
-            page.wait_for_function(
-                "c => window.events.some((e) => e.type === 'gap' && e.channel === c)", arg=channel
-            )
-        assert publish(sync_redis, recovers, 6)[:2] == (1, 6)
-        assert publish(sync_redis, loses, 3)[:2] == (1, 2)
-        wait_received(page, recovers, 5)
-        wait_received(page, loses, 2)
-    finally:
-        first.stop()
-        if second is not None:
-            second.stop()
+    wait_received(page, recovers, 4)
+    for channel in (loses, plain):
+        page.wait_for_function(
+            "c => window.events.some((e) => e.type === 'gap' && e.channel === c)", arg=channel
+        )
+    assert publish(sync_redis, recovers, 6)[:2] == (1, 6)
+    assert publish(sync_redis, loses, 3)[:2] == (1, 2)
+    wait_received(page, recovers, 5)
+    wait_received(page, loses, 2)
 
     # Exactly the missed messages, in order, then the live one, and no gap.
     assert received(page, recovers) == [{"data": {"n": n}, "offset": n, "epoch": epoch}
