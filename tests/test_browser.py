@@ -21,7 +21,9 @@ from redis import Redis
 from gateway.browser import DEMO_CSP
 from gateway.channels import CONTROL_CHANNEL
 from gateway.control import revoke_message
+from gateway.history import ENVELOPE_PREFIX, HistoryKeys
 from gateway.session import session_digest
+from tests.support.history import PREFIX, publish_with_history_sync
 from tests.support.process import ROOT, GatewayProcess
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.tcp_proxy import TcpProxy
@@ -64,6 +66,42 @@ def gateway_process(redis_server: RedisServer) -> Iterator[GatewayProcess]:
     process.wait_started()
     yield process
     process.stop()
+
+
+class RestartingGateway:
+    """Gateway processes on one fixed port, one at a time, so a page's URL survives a restart."""
+
+    def __init__(self, redis_url: str) -> None:
+        self._env = {"REDIS_URL": redis_url, "GATEWAY_PORT": str(free_port())}
+        self._processes: list[GatewayProcess] = []
+
+    @property
+    def current(self) -> GatewayProcess:
+        return self._processes[-1]
+
+    def start(self) -> GatewayProcess:
+        self._processes.append(GatewayProcess(self._env))
+        self.current.wait_started()
+        return self.current
+
+    def terminate(self) -> None:
+        """SIGTERM (clients get 1001) and a clean exit."""
+        self.current.process.send_signal(signal.SIGTERM)
+        assert self.current.wait() == 0
+
+    def stop(self) -> None:
+        for process in self._processes:
+            process.stop()
+
+
+@pytest.fixture
+def restarting_gateway(redis_server: RedisServer) -> Iterator[RestartingGateway]:
+    gateway = RestartingGateway(redis_server.url)
+    try:
+        gateway.start()
+        yield gateway
+    finally:
+        gateway.stop()
 
 
 @dataclasses.dataclass
@@ -160,6 +198,12 @@ def test_demo_page_shows_a_published_message_as_text(
     assert channel in shown
     assert orjson.loads(shown[shown.index("{") :]) == data
     assert page.locator("#messages b").count() == 0  # published data is text, never markup
+    assert page.locator("#messages .offset").count() == 0
+    _, _, epoch = publish(sync_redis, channel, 2)  # with history: the page shows the offset
+    wait_messages(page, 2)
+    offset = page.locator("#messages li:first-child .offset")
+    assert offset.text_content() == "#1"
+    assert offset.get_attribute("title") == f"epoch {epoch}"
     # The page, its script and style and the client all load under its CSP.
     assert tab.console_errors == []
 
@@ -182,42 +226,31 @@ def test_static_files_have_types_and_revalidate(tab: Tab, gateway_process: Gatew
 
 
 def test_demo_page_reconnects_and_resubscribes_after_a_gateway_restart(
-    tab: Tab, redis_server: RedisServer, sync_redis: Redis
+    tab: Tab, restarting_gateway: RestartingGateway, sync_redis: Redis
 ) -> None:
     page = tab.page
-    env = {"REDIS_URL": redis_server.url, "GATEWAY_PORT": str(free_port())}
-    first = GatewayProcess(env)
-    second: GatewayProcess | None = None
-    try:
-        first.wait_started()
-        page.goto(base_url(first) + "/")
-        channel = unique_channel()
-        token = new_session(sync_redis)
-        connect_demo(page, token, channel)
-        wait_channel(page, channel, "subscribed")
-        sync_redis.publish(channel, orjson.dumps({"n": 1}))
-        wait_messages(page, 1)
+    page.goto(base_url(restarting_gateway.current) + "/")
+    channel = unique_channel()
+    token = new_session(sync_redis)
+    connect_demo(page, token, channel)
+    wait_channel(page, channel, "subscribed")
+    sync_redis.publish(channel, orjson.dumps({"n": 1}))
+    wait_messages(page, 1)
 
-        first.process.send_signal(signal.SIGTERM)  # clients get 1001
-        wait_state(page, "reconnecting")
-        assert first.wait() == 0
-        second = GatewayProcess(env)  # same port: the page's URL does not change
-        second.wait_started()
+    restarting_gateway.terminate()
+    wait_state(page, "reconnecting")
+    restarting_gateway.start()
 
-        wait_channel(page, channel, "subscribed")
-        assert sync_redis.publish(channel, orjson.dumps({"n": 2})) == 1
-        wait_messages(page, 2)
-        assert '"n": 2' in (page.text_content("#messages li:first-child") or "")
-        events = page.text_content("#events") or ""
-        assert "closed 1001" in events
-        assert "reconnected as user 42" in events
-        assert f"gap on {channel} (reconnect)" in events
-        assert len(tab.sockets) >= 2
-        assert all(token not in url for url, _ in tab.sockets)
-    finally:
-        first.stop()
-        if second is not None:
-            second.stop()
+    wait_channel(page, channel, "subscribed")
+    assert sync_redis.publish(channel, orjson.dumps({"n": 2})) == 1
+    wait_messages(page, 2)
+    assert '"n": 2' in (page.text_content("#messages li:first-child") or "")
+    events = page.text_content("#events") or ""
+    assert "closed 1001" in events
+    assert "reconnected as user 42" in events
+    assert f"gap on {channel} (reconnect)" in events
+    assert len(tab.sockets) >= 2
+    assert all(token not in url for url, _ in tab.sockets)
 
 
 def test_revoked_session_stops_the_page_reconnecting(
@@ -361,3 +394,157 @@ def test_reconnect_delays_double_up_to_the_cap(tab: Tab, gateway_process: Gatewa
     )
     assert retries[:6] == [[1, 10], [2, 20], [3, 40], [4, 80], [5, 80], [6, 80]]
     page.evaluate("window.client.close()")
+
+
+# -- history and recovery -------------------------------------------------------------------------
+
+FAST_RETRY = {"minDelayMs": 20, "initialDelayMs": 50, "maxDelayMs": 250}
+
+
+def subscribe_recording(page: Page, channel: str) -> None:
+    """Subscribe ``window.client``; ``window.received`` gets ``{data, offset?, epoch?}``."""
+    page.evaluate(
+        """c => window.client.subscribe(c, (data, channel, position) =>
+            window.received.push({ channel, data, ...position }))""",
+        channel,
+    )
+
+
+def received(page: Page, channel: str) -> list[dict[str, Any]]:
+    return [
+        {k: v for k, v in item.items() if k != "channel"}
+        for item in page.evaluate("window.received")
+        if item["channel"] == channel
+    ]
+
+
+def wait_received(page: Page, channel: str, count: int) -> None:
+    page.wait_for_function(
+        "([c, n]) => window.received.filter((m) => m.channel === c).length >= n",
+        arg=[channel, count],
+    )
+
+
+def events_of(page: Page, kind: str, channel: str) -> list[dict[str, Any]]:
+    return page.evaluate(  # type: ignore[no-any-return]
+        "([t, c]) => window.events.filter((e) => e.type === t && e.channel === c)", [kind, channel]
+    )
+
+
+def sent_frames(tab: Tab, kind: str) -> list[list[dict[str, Any]]]:
+    """Per socket the page opened, the frames of type ``kind`` it sent."""
+    frames = [[orjson.loads(frame) for frame in sent] for _, sent in tab.sockets]
+    return [[frame for frame in socket if frame["type"] == kind] for socket in frames]
+
+
+def publish(redis: Redis, channel: str, n: int) -> tuple[int, int, str]:
+    return publish_with_history_sync(redis, channel, orjson.dumps({"n": n}))
+
+
+def test_after_a_gateway_restart_channels_resume_from_their_offset_or_report_the_gap(
+    tab: Tab, restarting_gateway: RestartingGateway, sync_redis: Redis
+) -> None:
+    page = tab.page
+    recovers, loses, plain = unique_channel(), unique_channel(), unique_channel()
+    page.goto(base_url(restarting_gateway.current) + "/healthz")
+    _, _, epoch = publish(sync_redis, recovers, 1)  # before: the reply carries offset 1
+    start_client(page, restarting_gateway.current.ws_url, new_session(sync_redis), FAST_RETRY)
+    for channel in (recovers, loses, plain):
+        subscribe_recording(page, channel)
+    assert page.evaluate("c => window.client.position(c)", recovers) == {
+        "offset": 1,
+        "epoch": epoch,
+    }
+    publish(sync_redis, recovers, 2)
+    _, _, lost_epoch = publish(sync_redis, loses, 1)
+    wait_received(page, recovers, 1)
+    wait_received(page, loses, 1)
+
+    restarting_gateway.terminate()
+    page.wait_for_function("window.client.state === 'reconnecting'")
+    # While the page is away: three messages it must get, and a history that is lost.
+    assert [publish(sync_redis, recovers, n)[:2] for n in (3, 4, 5)] == [(0, 3), (0, 4), (0, 5)]
+    keys = HistoryKeys.for_channel(PREFIX, loses)
+    assert sync_redis.delete(keys.meta, keys.stream) == 2
+    _, _, new_epoch = publish(sync_redis, loses, 2)  # a new stream: offset 1 again
+    restarting_gateway.start()
+
+    wait_received(page, recovers, 4)
+    for channel in (loses, plain):
+        page.wait_for_function(
+            "c => window.events.some((e) => e.type === 'gap' && e.channel === c)", arg=channel
+        )
+    assert publish(sync_redis, recovers, 6)[:2] == (1, 6)
+    assert publish(sync_redis, loses, 3)[:2] == (1, 2)
+    wait_received(page, recovers, 5)
+    wait_received(page, loses, 2)
+
+    # Exactly the missed messages, in order, then the live one, and no gap.
+    assert received(page, recovers) == [{"data": {"n": n}, "offset": n, "epoch": epoch}
+                                        for n in (2, 3, 4, 5, 6)]  # fmt: skip
+    assert events_of(page, "gap", recovers) == []
+    resumed = events_of(page, "subscribed", recovers)[-1]
+    assert resumed == {"type": "subscribed", "channel": recovers, "resubscribed": True,
+                       "recovered": True, "offset": 5, "epoch": epoch}  # fmt: skip
+    # The lost history is reported with the new position, and live messages go on from there.
+    assert events_of(page, "gap", loses) == [{"type": "gap", "channel": loses,
+                                              "reason": "not_recovered",
+                                              "offset": 1, "epoch": new_epoch}]  # fmt: skip
+    assert received(page, loses) == [
+        {"data": {"n": 1}, "offset": 1, "epoch": lost_epoch},
+        {"data": {"n": 3}, "offset": 2, "epoch": new_epoch},
+    ]
+    # A channel without history cannot be resumed: the reconnect gap, as before.
+    assert events_of(page, "gap", plain) == [{"type": "gap", "channel": plain,
+                                              "reason": "reconnect"}]  # fmt: skip
+    first_subscribes, *_, last_subscribes = [s for s in sent_frames(tab, "subscribe") if s]
+    assert all("since" not in frame for frame in first_subscribes)
+    since = {frame["channel"]: frame.get("since") for frame in last_subscribes}
+    assert since == {
+        recovers: {"offset": 2, "epoch": epoch},
+        loses: {"offset": 1, "epoch": lost_epoch},
+        plain: None,
+    }
+
+
+def test_client_drops_a_message_whose_offset_it_already_delivered(
+    tab: Tab, gateway_process: GatewayProcess, sync_redis: Redis
+) -> None:
+    page = tab.page
+    page.goto(base_url(gateway_process) + "/healthz")
+    channel = unique_channel()
+    start_client(page, gateway_process.ws_url, new_session(sync_redis))
+    subscribe_recording(page, channel)
+    _, _, epoch = publish(sync_redis, channel, 1)
+    # The same offset and epoch again, as a replay overlapping live delivery would look.
+    sync_redis.publish(channel, ENVELOPE_PREFIX + f"1 {epoch} ".encode() + b'{"n":"again"}')
+    publish(sync_redis, channel, 2)
+    page.wait_for_function(
+        "c => window.received.some((m) => m.channel === c && m.offset === 2)", arg=channel
+    )
+    assert received(page, channel) == [
+        {"data": {"n": 1}, "offset": 1, "epoch": epoch},
+        {"data": {"n": 2}, "offset": 2, "epoch": epoch},
+    ]
+
+
+def test_gap_frame_of_the_gateway_reaches_the_app(
+    tab: Tab, gateway_process: GatewayProcess, sync_redis: Redis
+) -> None:
+    page = tab.page
+    page.goto(base_url(gateway_process) + "/healthz")
+    plain, history = unique_channel(), unique_channel()
+    start_client(page, gateway_process.ws_url, new_session(sync_redis))
+    subscribe_recording(page, plain)
+    subscribe_recording(page, history)
+    publish(sync_redis, history, 1)  # now the gateway knows where this channel stands
+    wait_received(page, history, 1)
+    assert sync_redis.client_kill_filter(_type="pubsub") >= 1  # the gateway's subscriber
+    page.wait_for_function(
+        "c => window.events.some((e) => e.type === 'gap' && e.channel === c)", arg=plain
+    )
+    assert events_of(page, "gap", plain) == [{"type": "gap", "channel": plain, "reason": "gateway"}]
+    publish(sync_redis, history, 2)  # live again, and the gateway recovered this one itself
+    wait_received(page, history, 2)
+    assert events_of(page, "gap", history) == []
+    assert page.evaluate("window.client.state") == "open"

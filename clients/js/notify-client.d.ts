@@ -3,8 +3,23 @@
 /** "connecting" (first try), "open" (welcomed), "reconnecting" (waiting or retrying), "closed". */
 export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
 
-/** Called with each message's `data` (the published JSON, or a string when it was not JSON). */
-export type MessageHandler<T = unknown> = (data: T, channel: string) => void;
+/** Where a message stands in its channel's history (docs/protocol.md, "History and recovery"). */
+export interface Position {
+  /** Grows by one per message of the channel. */
+  offset: number;
+  /** The stream's life: a new epoch means the history was recreated and messages were lost. */
+  epoch: string;
+}
+
+/**
+ * Called with each message's `data` (the published JSON, or a string when it was not JSON) and,
+ * on a channel published with history, its position.
+ */
+export type MessageHandler<T = unknown> = (
+  data: T,
+  channel: string,
+  position: Position | undefined,
+) => void;
 
 export interface NotifyClientTuning {
   /** Application ping interval while open (default 15000 ms). */
@@ -81,19 +96,31 @@ export interface UnauthorizedDetail {
   reason: string;
 }
 
-export interface GapDetail {
+export interface GapDetail extends Partial<Position> {
   channel: string;
-  /** "reconnect": this client was disconnected; "gateway": the gateway lost Redis for a while. */
-  reason: "reconnect" | "gateway";
+  /**
+   * Messages on `channel` may have been missed; refetch.
+   * "reconnect": this client was disconnected and the channel has no history;
+   * "not_recovered": the channel has history but the gateway could not replay from the last
+   * position (epoch changed, offset out of the window, too many missed), with the channel's
+   * current position when it has one;
+   * "gateway": the gateway lost Redis for a while (channels without history).
+   */
+  reason: "reconnect" | "not_recovered" | "gateway";
 }
 
-export interface SubscribedDetail {
+export interface SubscribedDetail extends Partial<Position> {
   channel: string;
   /** True when confirmed again after a reconnect. */
   resubscribed: boolean;
+  /**
+   * Present when the client resumed from a position: true when the missed messages follow
+   * (no gap), false when they cannot (a `gap` with reason "not_recovered" follows).
+   */
+  recovered?: boolean;
 }
 
-export interface MessageDetail {
+export interface MessageDetail extends Partial<Position> {
   channel: string;
   data: unknown;
 }
@@ -114,6 +141,8 @@ export declare class NotifyClient extends EventTarget {
   readonly state: ConnectionState;
   /** The channels held, confirmed or waiting to be. */
   readonly channels: string[];
+  /** Where the client stands in `channel`'s history; undefined without history. */
+  position(channel: string): Position | undefined;
   subscribe<T = unknown>(channel: string, onMessage: MessageHandler<T>): Promise<void>;
   unsubscribe(channel: string, onMessage?: MessageHandler<never>): Promise<void>;
   /** Listen with the event's detail; returns a function that removes the listener. */

@@ -4,7 +4,8 @@
  * A plain ES module with no dependencies and no build step. It authenticates with a first
  * `auth` frame (the token never goes into the URL), matches replies to requests by `ref`,
  * reconnects by itself with exponential backoff and jitter, subscribes again to every channel
- * after a reconnect, and sends application pings to notice a dead link the browser would not.
+ * after a reconnect (resuming channels with history from the last offset seen, so nothing is
+ * missed), and sends application pings to notice a dead link the browser would not.
  *
  *   import { NotifyClient } from "/client.js";
  *   const client = new NotifyClient("wss://gateway.example/ws", { token });
@@ -54,7 +55,8 @@ export class NotifyClient extends EventTarget {
   #options;
   #state = "connecting";
   #ws = null;
-  #channels = new Map(); // channel -> {handlers, confirmed, resubscribing, waiters}
+  // channel -> {handlers, confirmed, resubscribing, waiters, position, delivered}
+  #channels = new Map();
   #pending = new Map(); // ref -> {kind, channel?, entry?, resolve?, reject?}
   #nextRef = 1;
   #attempt = 0;
@@ -126,7 +128,17 @@ export class NotifyClient extends EventTarget {
   }
 
   /**
-   * Subscribe to `channel`; `onMessage(data, channel)` gets each message. Resolves once the
+   * Where this client stands in `channel`'s history, `{offset, epoch}`, or undefined when the
+   * channel has no history (or is not held).
+   */
+  position(channel) {
+    const position = this.#channels.get(channel)?.position;
+    return position == null ? undefined : { ...position };
+  }
+
+  /**
+   * Subscribe to `channel`; `onMessage(data, channel, position)` gets each message (`position`
+   * is `{offset, epoch}` on a channel with history, else undefined). Resolves once the
    * gateway confirms (anything published after that is delivered); rejects with a NotifyError
    * whose `code` is the gateway's (`forbidden`, `bad_request`, ...). While disconnected the
    * request waits for the next connection. The subscription is renewed after every reconnect.
@@ -140,7 +152,14 @@ export class NotifyClient extends EventTarget {
     }
     let entry = this.#channels.get(channel);
     if (entry === undefined) {
-      entry = { handlers: new Set(), confirmed: false, resubscribing: false, waiters: [] };
+      entry = {
+        handlers: new Set(),
+        confirmed: false,
+        resubscribing: false,
+        waiters: [],
+        position: null, // {offset, epoch} to resume from, on a channel with history
+        delivered: null, // {offset, epoch} of the last message delivered, to drop duplicates
+      };
       this.#channels.set(channel, entry);
       if (this.#state === "open") this.#sendSubscribe(channel, entry);
     }
@@ -333,7 +352,10 @@ export class NotifyClient extends EventTarget {
   }
 
   #sendSubscribe(channel, entry) {
-    this.#send({ type: "subscribe", channel }, { kind: "subscribe", channel, entry });
+    const frame = { type: "subscribe", channel };
+    // Resume where we stopped: the gateway replays what was missed, or says it cannot.
+    if (entry.position !== null) frame.since = { ...entry.position };
+    this.#send(frame, { kind: "subscribe", channel, entry });
   }
 
   #onFrame(text) {
@@ -354,13 +376,13 @@ export class NotifyClient extends EventTarget {
     if (request !== undefined) this.#pending.delete(frame.ref);
     switch (frame.type) {
       case "message":
-        this.#deliver(frame.channel, frame.data);
+        this.#onMessage(frame);
         break;
       case "welcome":
         this.#onWelcome(frame);
         break;
       case "subscribed":
-        if (request !== undefined) this.#onSubscribed(request);
+        if (request !== undefined) this.#onSubscribed(request, frame);
         break;
       case "unsubscribed":
         request?.resolve();
@@ -398,15 +420,27 @@ export class NotifyClient extends EventTarget {
     });
   }
 
-  #onSubscribed({ channel, entry }) {
+  #onSubscribed({ channel, entry }, frame) {
     if (this.#channels.get(channel) !== entry) return; // unsubscribed meanwhile
     entry.confirmed = true;
     const resubscribed = entry.resubscribing;
     entry.resubscribing = false;
+    const { recovered } = frame;
+    const latest = positionOf(frame); // the channel's, null without history
+    // Recovered: the missed messages follow and move the position on. Otherwise go on from the
+    // channel's current position.
+    if (recovered !== true) entry.position = latest;
     this.#settle(entry);
-    this.#emit("subscribed", { channel, resubscribed });
-    // Messages published while we were away are lost: say so once the channel is live again.
-    if (resubscribed) this.#emit("gap", { channel, reason: "reconnect" });
+    const detail = { channel, resubscribed, ...latest };
+    if (typeof recovered === "boolean") detail.recovered = recovered;
+    this.#emit("subscribed", detail);
+    if (recovered === false) {
+      // Messages were missed and the gateway cannot replay them: the app must refetch.
+      this.#emit("gap", { channel, reason: "not_recovered", ...latest });
+    } else if (resubscribed && recovered === undefined) {
+      // No history to resume from: messages published while we were away are lost.
+      this.#emit("gap", { channel, reason: "reconnect" });
+    }
   }
 
   #onError(error, request) {
@@ -425,13 +459,31 @@ export class NotifyClient extends EventTarget {
     this.#emit("error", { error, channel: error.channel });
   }
 
-  #deliver(channel, data) {
+  #onMessage({ channel, data, ...frame }) {
     const entry = this.#channels.get(channel);
     if (entry === undefined) return; // unsubscribed while the message was on its way
-    this.#emit("message", { channel, data });
+    const position = positionOf(frame);
+    if (position === null) {
+      this.#deliver(entry, channel, data, undefined);
+      return;
+    }
+    const { delivered } = entry;
+    // A replay and a live copy can overlap in a gateway we do not control: deliver once.
+    if (delivered?.epoch === position.epoch && position.offset <= delivered.offset) return;
+    entry.delivered = position;
+    // Messages buffered during a subscribe may be older than the position it reported.
+    const current = entry.position;
+    if (current?.epoch !== position.epoch || position.offset > current.offset) {
+      entry.position = position;
+    }
+    this.#deliver(entry, channel, data, position);
+  }
+
+  #deliver(entry, channel, data, position) {
+    this.#emit("message", { channel, data, ...position });
     for (const handler of entry.handlers) {
       try {
-        handler(data, channel);
+        handler(data, channel, position && { ...position });
       } catch (error) {
         this.#emit("error", { error, channel });
         globalThis.reportError?.(error);
@@ -463,4 +515,9 @@ export class NotifyClient extends EventTarget {
   #emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
+}
+
+/** The `{offset, epoch}` a gateway frame carries, or null (a channel without history). */
+function positionOf({ offset, epoch }) {
+  return Number.isSafeInteger(offset) && typeof epoch === "string" ? { offset, epoch } : null;
 }

@@ -33,11 +33,18 @@ function logEvent(text) {
   prepend($("events"), item);
 }
 
-function showMessage(data, channel) {
+function showMessage(data, channel, position) {
   received += 1;
   $("count").textContent = String(received);
   const item = el("li");
-  item.append(now(), " ", el("span", channel, "channel"), el("pre", JSON.stringify(data, null, 2)));
+  item.append(now(), " ", el("span", channel, "channel"));
+  // On a channel with history: the offset the client resumes from after a reconnect.
+  if (position !== undefined) {
+    const offset = el("span", `#${position.offset}`, "offset");
+    offset.title = `epoch ${position.epoch}`;
+    item.append(" ", offset);
+  }
+  item.append(el("pre", JSON.stringify(data, null, 2)));
   prepend($("messages"), item);
 }
 
@@ -105,7 +112,10 @@ function connect(token, channels) {
       }
     }
   });
-  client.on("subscribed", ({ channel }) => setStatus(channel, "subscribed"));
+  client.on("subscribed", ({ channel, recovered, offset }) => {
+    setStatus(channel, "subscribed");
+    if (recovered) logEvent(`resumed ${channel} from history: nothing missed (now at #${offset})`);
+  });
   client.on("gap", ({ channel, reason }) =>
     logEvent(`gap on ${channel} (${reason}): messages may be missing`),
   );
