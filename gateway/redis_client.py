@@ -6,6 +6,7 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -13,6 +14,21 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway.config import RedisConfig
 
 __all__ = ["async_redis", "redis_kwargs"]
+
+
+class _SentinelRedis(Redis):
+    """A ``master_for`` client that also closes its connections to the sentinels."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        pool = self.connection_pool
+        if isinstance(pool, SentinelConnectionPool):
+            for sentinel in pool.sentinel_manager.sentinels:
+                await sentinel.aclose()
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Connections to the current master that wait for a free slot like the default pool."""
 
 
 def redis_kwargs(config: RedisConfig) -> dict[str, Any]:
@@ -45,9 +61,33 @@ def async_redis(config: RedisConfig, max_connections: int = 32) -> Redis:
 
     The pool blocks when all its connections are busy, so a burst of thousands of
     reconnecting clients queues for Redis instead of failing with "too many connections".
+    In Sentinel mode the client asks the sentinels for the master whenever it
+    (re)connects, so it follows failovers.
     """
     kwargs = redis_kwargs(config)
     retries = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), config.max_retries)
+    if config.sentinels:
+        for key in ("host", "port"):
+            del kwargs[key]
+        assert config.sentinel_master is not None
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            config.sentinels,
+            sentinel_kwargs={
+                "password": config.sentinel_password,
+                "socket_connect_timeout": config.connect_timeout_s,
+                "socket_timeout": config.connect_timeout_s,
+            },
+        )
+        client: Redis = sentinel.master_for(
+            config.sentinel_master,
+            redis_class=_SentinelRedis,
+            connection_pool_class=_BlockingSentinelPool,
+            timeout=max(config.connect_timeout_s, 5.0),
+            max_connections=max_connections,
+            retry=retries,
+            **kwargs,
+        )
+        return client
     pool = BlockingConnectionPool(
         connection_class=SSLConnection if config.tls else Connection,
         max_connections=max_connections,
