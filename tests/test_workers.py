@@ -20,7 +20,7 @@ from gateway.control import revoke_message
 from gateway.session import session_digest
 from tests.conftest import MakeSession
 from tests.support.process import GatewayProcess
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, free_port
 from tests.support.ws import close_code, connect_authed, http_get, recv_json, request, wait_until
 
 Record = dict[str, Any]
@@ -212,3 +212,32 @@ async def test_a_port_in_use_is_one_line_and_status_1(
         assert await asyncio.to_thread(process.wait) == 1
     assert process.stderr().startswith("notify-gateway: cannot listen on 127.0.0.1:")
     assert "Traceback" not in process.stderr()
+
+
+async def test_one_embedded_redis_serves_every_worker(
+    supervisor: Callable[..., GatewayProcess],
+) -> None:
+    # No REDIS_URL and nothing on REDIS_PORT: the supervisor starts one redis-server.
+    process = supervisor(REDIS_URL="", REDIS_PORT=str(free_port()))
+    await start_workers(process)
+    (embedded,) = await logged(process, event("embedded_redis_started"))
+    connected = await logged(process, event("redis_connected"), 2)
+    assert {r["redis"] for r in connected} == {f"127.0.0.1:{embedded['port']}"}
+    process.process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(process.wait) == 0
+    assert [r["event"] for r in process.records()].count("embedded_redis_started") == 1
+    assert any(r["event"] == "embedded_redis_stopped" for r in process.records())
+
+
+async def test_a_second_signal_kills_workers_that_do_not_drain(
+    supervisor: Callable[..., GatewayProcess],
+) -> None:
+    process = supervisor()
+    await start_workers(process)
+    (stuck,) = await logged(process, event("worker_started", worker=1))
+    os.kill(stuck["pid"], signal.SIGSTOP)  # cannot drain: the supervisor must not wait forever
+    process.process.send_signal(signal.SIGTERM)
+    await logged(process, event("gateway_stopped", worker=0))
+    process.process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(process.wait) == 1
+    assert any(r["event"] == "second_signal_exit" for r in process.records())
