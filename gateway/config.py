@@ -9,6 +9,7 @@ The functions are pure so they are unit-tested with plain dicts.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import ssl
 from collections.abc import Callable, Mapping
@@ -23,6 +24,7 @@ __all__ = [
     "RedisConfig",
     "load_redis_config",
     "load_settings",
+    "parse_workers",
 ]
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -99,22 +101,35 @@ class RedisConfig:
     max_retries: int = 3
     cluster: bool = False
     explicit: bool = False
+    #: Sentinel mode: the master's address is asked of these on every (re)connect
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_master: str | None = None
+    sentinel_password: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def address(self) -> str:
-        """``host:port``, for messages (IPv6 literals bracketed)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        """``host:port`` (IPv6 literals bracketed), or the Sentinel master name, for messages."""
+        if self.sentinels:
+            return f"{self.sentinel_master} (sentinel)"
+        return _host_port(self.host, self.port)
 
     def url(self, *, redact: bool = True) -> str:
-        """The connection URL; the password is masked unless ``redact`` is false."""
+        """The connection URL; the password is masked unless ``redact`` is false.
+
+        In Sentinel mode this is a ``redis+sentinel://`` description for logs.
+        """
         scheme = "rediss" if self.tls else "redis"
+        if self.sentinels:
+            scheme = "redis+sentinel"
         auth = ""
         if self.password is not None:
             secret = "***" if redact else quote(self.password, safe="")
             auth = f"{quote(self.username or '', safe='')}:{secret}@"
         elif self.username:
             auth = f"{quote(self.username, safe='')}@"
+        if self.sentinels:
+            hosts = ",".join(_host_port(host, port) for host, port in self.sentinels)
+            return f"{scheme}://{auth}{hosts}/{self.sentinel_master}/{self.db}"
         return f"{scheme}://{auth}{self.address}/{self.db}"
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -156,8 +171,64 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_sentinels(name: str, raw: str) -> tuple[tuple[str, int], ...]:
+    sentinels = []
+    for item in _parse_list(raw):
+        host, sep, port = item.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"{name} entry {item!r} is not host:port: use e.g. "
+                "sentinel-1:26379,sentinel-2:26379,sentinel-3:26379"
+            )
+        sentinels.append((host, int(port)))
+    return tuple(sentinels)
+
+
+def _load_sentinel(env: Mapping[str, str], config: RedisConfig) -> RedisConfig:
+    none: tuple[tuple[str, int], ...] = ()
+    sentinels = _get(env, "REDIS_SENTINELS", none, _parse_sentinels)
+    master = env.get("REDIS_SENTINEL_MASTER", "").strip()
+    if not sentinels:
+        if master:
+            raise ConfigError("REDIS_SENTINEL_MASTER is set without REDIS_SENTINELS: set both")
+        return config
+    if not master:
+        raise ConfigError(
+            "REDIS_SENTINELS is set without REDIS_SENTINEL_MASTER: set it to the name the "
+            "sentinels monitor (sentinel monitor <name> ...), e.g. mymaster"
+        )
+    # The master's address comes from the sentinels alone; a second source would be ignored.
+    for name in ("REDIS_URL", "REDIS_HOST", "REDIS_PORT"):
+        if env.get(name, "").strip():
+            raise ConfigError(
+                f"REDIS_SENTINELS and {name} are both set: with Sentinel the master's address "
+                f"comes from the sentinels; unset {name} and use REDIS_USERNAME, "
+                "REDIS_PASSWORD and REDIS_DB for the master's credentials and database"
+            )
+    if config.tls:
+        raise ConfigError("REDIS_TLS is not supported with REDIS_SENTINELS yet: unset one of them")
+    if config.cluster:
+        raise ConfigError(
+            "REDIS_SENTINELS and REDIS_CLUSTER=true are both set: a Redis Cluster fails over by "
+            "itself; unset one of them"
+        )
+    return dataclasses.replace(
+        config,
+        explicit=True,
+        sentinels=sentinels,
+        sentinel_master=master,
+        sentinel_password=env.get("REDIS_SENTINEL_PASSWORD") or None,
+    )
+
+
 def load_redis_config(env: Mapping[str, str]) -> RedisConfig:
-    """Build the Redis settings from ``REDIS_URL`` or the split ``REDIS_*`` variables."""
+    """Build the Redis settings from ``REDIS_URL``, the split ``REDIS_*`` variables, or
+    ``REDIS_SENTINELS``."""
     url = env.get("REDIS_URL", "").strip()
     if url:
         config = _parse_redis_url(url)
@@ -201,7 +272,7 @@ def load_redis_config(env: Mapping[str, str]) -> RedisConfig:
             "REDIS_TLS_REJECT_UNAUTHORIZED=false is set but TLS is off: set REDIS_TLS=true "
             "or use a rediss:// URL (or remove the variable)"
         )
-    return dataclasses.replace(
+    config = dataclasses.replace(
         config,
         tls=tls,
         tls_ca_path=paths["REDIS_TLS_CA_PATH"],
@@ -217,6 +288,7 @@ def load_redis_config(env: Mapping[str, str]) -> RedisConfig:
         max_retries=_get(env, "REDIS_MAX_RETRIES", 3, lambda n, r: _parse_int(n, r, minimum=0)),
         cluster=cluster,
     )
+    return _load_sentinel(env, config)
 
 
 def _parse_redis_url(url: str) -> RedisConfig:
@@ -292,6 +364,7 @@ class GatewaySettings:
     max_replay: int = 1000
     log_level: str = "info"
     log_format: str = "json"
+    workers: int = 1
     limits: Limits = dataclasses.field(default_factory=Limits)
     admission: Admission = dataclasses.field(default_factory=Admission)
 
@@ -343,6 +416,23 @@ def _parse_choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
         return value
 
     return parse
+
+
+#: upper bound of GATEWAY_WORKERS: beyond it a typo is likelier than a machine that big
+MAX_WORKERS = 512
+
+
+def parse_workers(name: str, raw: str) -> int:
+    """A worker count, or ``auto``: the CPUs this process may run on."""
+    if raw.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0))
+    try:
+        return _parse_int(name, raw, minimum=1, maximum=MAX_WORKERS)
+    except ConfigError:
+        raise ConfigError(
+            f"{name}={raw!r} is not valid: use auto (one per CPU) or a number "
+            f"from 1 to {MAX_WORKERS}"
+        ) from None
 
 
 def load_settings(env: Mapping[str, str]) -> GatewaySettings:
@@ -413,5 +503,6 @@ def load_settings(env: Mapping[str, str]) -> GatewaySettings:
             env, "GATEWAY_LOG_LEVEL", "info", _parse_choice(("debug", "info", "warning", "error"))
         ),
         log_format=_get(env, "GATEWAY_LOG_FORMAT", "json", _parse_choice(("json", "console"))),
+        workers=_get(env, "GATEWAY_WORKERS", defaults.workers, parse_workers),
         limits=limits,
     )

@@ -257,10 +257,11 @@ class ConnectionHandler:
     def _client_ip(self, ws: ServerConnection) -> str:
         header = self._settings.admission.trusted_proxy_header
         if header is not None and ws.request is not None:
-            value = ws.request.headers.get(header)
-            if value:
-                # The trusted proxy appends the address it saw: the last entry.
-                return value.split(",")[-1].strip()
+            # The trusted proxy appends the address it saw: the last entry of the last
+            # line (HAProxy adds a line of its own after any the client sent).
+            values = ws.request.headers.get_all(header)
+            if values and values[-1].strip():
+                return values[-1].split(",")[-1].strip()
         address = ws.remote_address
         return str(address[0]) if isinstance(address, tuple) else str(address)
 

@@ -8,6 +8,7 @@ import redis
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -19,6 +20,21 @@ __all__ = ["AnyRedis", "async_cluster", "async_redis", "redis_kwargs", "sync_red
 
 #: A single Redis (or Sentinel-managed master) or a Redis Cluster.
 AnyRedis = redis.asyncio.Redis | RedisCluster
+
+
+class _SentinelRedis(redis.asyncio.Redis):
+    """A ``master_for`` client that also closes its connections to the sentinels."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        pool = self.connection_pool
+        if isinstance(pool, SentinelConnectionPool):
+            for sentinel in pool.sentinel_manager.sentinels:
+                await sentinel.aclose()
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, redis.asyncio.BlockingConnectionPool):
+    """Connections to the current master that wait for a free slot like the default pool."""
 
 
 def redis_kwargs(config: RedisConfig) -> dict[str, Any]:
@@ -77,12 +93,36 @@ def async_redis(config: RedisConfig, max_connections: int = 32) -> redis.asyncio
 
     The pool blocks when all its connections are busy, so a burst of thousands of
     reconnecting clients queues for Redis instead of failing with "too many connections".
+    In Sentinel mode the client asks the sentinels for the master whenever it
+    (re)connects, so it follows failovers.
     """
+    retries = AsyncRetry(_backoff(), config.max_retries)
+    if config.sentinels:
+        kwargs = redis_kwargs(config)
+        for key in ("host", "port"):
+            del kwargs[key]
+        assert config.sentinel_master is not None
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            config.sentinels,
+            sentinel_kwargs={
+                "password": config.sentinel_password,
+                "socket_connect_timeout": config.connect_timeout_s,
+                "socket_timeout": config.connect_timeout_s,
+            },
+        )
+        client: redis.asyncio.Redis = sentinel.master_for(
+            config.sentinel_master,
+            redis_class=_SentinelRedis,
+            connection_pool_class=_BlockingSentinelPool,
+            timeout=max(config.connect_timeout_s, 5.0),
+            max_connections=max_connections,
+            retry=retries,
+            **kwargs,
+        )
+        return client
     pool = redis.asyncio.BlockingConnectionPool(
         connection_class=redis.asyncio.SSLConnection if config.tls else redis.asyncio.Connection,
-        **_blocking_pool_kwargs(
-            config, max_connections, AsyncRetry(_backoff(), config.max_retries)
-        ),
+        **_blocking_pool_kwargs(config, max_connections, retries),
     )
     return redis.asyncio.Redis.from_pool(pool)  # closing the client closes its pool
 

@@ -35,10 +35,14 @@ log = structlog.get_logger("gateway.server")
 
 
 class Gateway:
-    """One gateway: ``await start()``, serve, ``await stop()``."""
+    """One gateway: ``await start()``, serve, ``await stop()``.
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    ``reuse_port`` lets several worker processes listen on the same port (SO_REUSEPORT).
+    """
+
+    def __init__(self, settings: GatewaySettings, *, reuse_port: bool = False) -> None:
         self.settings = settings
+        self._reuse_port = reuse_port
         self.registry = Registry(
             {CONTROL_CHANNEL: self._on_control},
             max_message_bytes=settings.limits.max_message_bytes,
@@ -177,6 +181,7 @@ class Gateway:
             close_timeout=5,
             open_timeout=settings.handshake_timeout_s,
             server_header=None,
+            reuse_port=self._reuse_port,
         )
         log.info("gateway_started", host=settings.host, port=self.port, redis=settings.redis.url())
 

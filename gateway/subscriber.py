@@ -26,6 +26,7 @@ import structlog
 
 from gateway.config import RedisConfig
 from gateway.diagnose import RedisReplyError, RedisSetupError, diagnose
+from gateway.sentinel import redis_address
 
 __all__ = ["Backoff", "PubSubProtocol", "RedisReplyError", "Subscriber"]
 
@@ -240,11 +241,12 @@ class Subscriber:
         loop = asyncio.get_running_loop()
         protocol = PubSubProtocol(self._registry, sharded=self._sharded)
         ssl_context = self._ssl_context
+        host, port = await redis_address(config)  # asks each sentinel in turn in Sentinel mode
         async with asyncio.timeout(config.connect_timeout_s):
             await loop.create_connection(
                 lambda: protocol,
-                config.host,
-                config.port,
+                host,
+                port,
                 ssl=ssl_context,
                 server_hostname=config.host if ssl_context is not None else None,
             )

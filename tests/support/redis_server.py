@@ -42,11 +42,17 @@ def cluster_port() -> int:
 
 
 class RedisServer:
-    """One redis-server child. ``extra`` arguments configure it (password, ACL, TLS...)."""
+    """One redis-server child. ``extra`` arguments configure it (password, ACL, TLS...).
 
-    def __init__(self, extra: Sequence[str] = (), *, port: int | None = None) -> None:
+    ``config`` is a configuration file read first (a sentinel needs one it can rewrite).
+    """
+
+    def __init__(
+        self, extra: Sequence[str] = (), *, port: int | None = None, config: Path | None = None
+    ) -> None:
         self.port = port or free_port()
         self.extra = list(extra)
+        self.config = config
         self.dir = Path(tempfile.mkdtemp(prefix="ng-test-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -59,6 +65,7 @@ class RedisServer:
         assert binary, "redis-server is not installed (make test installs it)"
         args = [
             binary,
+            *([str(self.config)] if self.config else []),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
