@@ -334,6 +334,7 @@ class ConnectionHandler:
         frames: list[bytes] = []
         cutoff = None
         if replay is not None:
+            self._registry.note_position(channel, replay.position)
             fields.update(offset=replay.position.offset, epoch=replay.position.epoch)
             if action.since is not None:
                 fields["recovered"] = replay.recovered

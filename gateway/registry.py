@@ -158,6 +158,13 @@ class Registry:
         self._active.setdefault(channel, set()).add(sink)
         return b"".join(_after(frames, cutoff))
 
+    def note_position(self, channel: str, position: Position) -> None:
+        """A history position read at subscribe time, until messages bring newer ones.
+
+        It lets a channel that has carried no message yet be recovered after a reconnect.
+        """
+        self._positions.setdefault(channel, position)
+
     def leave(self, sink: Sink, channels: Iterable[str]) -> None:
         """Remove ``sink`` from ``channels``; Redis unsubscribes each one nobody reads."""
         released: list[str] = []

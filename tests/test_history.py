@@ -158,3 +158,16 @@ async def test_client_moved_to_another_gateway_resumes_without_loss(
         await publish_with_history(redis, "public:h7", "11")
         seen.append((await recv_json(ws))["offset"])
     assert seen == list(range(1, 12))
+
+
+async def test_quiet_history_channel_is_recovered_after_a_subscriber_reconnect(
+    gateway: Gateway, make_session: MakeSession, redis: Redis
+) -> None:
+    await publish_with_history(redis, "public:h8", "1")
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("8"))
+    async with ws:
+        await subscribe(ws, "public:h8")  # no message has passed through the gateway yet
+        await redis.client_kill_filter(_type="pubsub")
+        await publish_with_history(redis, "public:h8", "2")  # may fall into the outage
+        frame = await recv_json(ws)
+        assert (frame["type"], frame.get("offset")) == ("message", 2)  # replayed, not a gap
