@@ -40,13 +40,18 @@ class AsyncPublisher(PublisherBase):
                 pipe.execute_command(*command)
             return operation.result(await pipe.execute())
 
-    async def publish(self, channel: str, data: Any) -> int:
-        """Publish ``data`` as JSON on ``channel``; return how many gateways received it."""
-        return await self._run(self._operations.publish(channel, data))
+    async def publish(self, channel: str, data: Any, *, history: bool = False) -> int:
+        """Publish ``data`` as JSON on ``channel``; return how many gateways received it.
 
-    async def publish_many(self, items: Iterable[tuple[str, Any]]) -> list[int]:
+        ``history`` keeps it in the channel's stream too, as :meth:`Publisher.publish`.
+        """
+        return await self._run(self._operations.publish(channel, data, history))
+
+    async def publish_many(
+        self, items: Iterable[tuple[str, Any]], *, history: bool = False
+    ) -> list[int]:
         """Publish ``(channel, data)`` pairs in one round trip, all or none (MULTI/EXEC)."""
-        return await self._run(self._operations.publish_many(items))
+        return await self._run(self._operations.publish_many(items, history))
 
     async def create_session(
         self, user_id: str | int, *, ttl: int = 3600, channels: Iterable[str] = (), **extra: Any

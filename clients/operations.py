@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -15,6 +16,7 @@ from clients.sessions import check_token, check_ttl, decode_session, new_token, 
 from clients.settings import PublisherSettings
 from gateway.channels import CONTROL_CHANNEL
 from gateway.control import revoke_message
+from gateway.history import PUBLISH_SCRIPT, HistoryKeys
 from gateway.session import session_digest
 
 __all__ = ["Command", "Operation", "Operations"]
@@ -37,12 +39,17 @@ class Operation(Generic[T]):
     atomic: bool = False
 
 
-def _first_int(replies: list[Any]) -> int:
-    return int(replies[0])
+def _receivers_of(reply: Any) -> int:
+    # PUBLISH answers the count; the history script answers [count, offset, epoch].
+    return int(reply[0] if isinstance(reply, list) else reply)
 
 
-def _ints(replies: list[Any]) -> list[int]:
-    return [int(reply) for reply in replies]
+def _receivers(replies: list[Any]) -> int:
+    return _receivers_of(replies[0])
+
+
+def _all_receivers(replies: list[Any]) -> list[int]:
+    return [_receivers_of(reply) for reply in replies]
 
 
 def _first_bool(replies: list[Any]) -> bool:
@@ -62,19 +69,35 @@ class Operations:
     def __init__(self, settings: PublisherSettings) -> None:
         self.settings = settings
 
-    def publish(self, channel: str, data: Any) -> Operation[int]:
-        payload = encode_message(channel, data, self.settings)
-        return Operation("PUBLISH", [("PUBLISH", channel, payload)], _first_int)
+    def publish(self, channel: str, data: Any, history: bool = False) -> Operation[int]:
+        command = self._publish_command(
+            channel, encode_message(channel, data, self.settings), history
+        )
+        return Operation(str(command[0]), [command], _receivers)
 
-    def publish_many(self, items: Iterable[tuple[str, Any]]) -> Operation[list[int]]:
+    def publish_many(
+        self, items: Iterable[tuple[str, Any]], history: bool = False
+    ) -> Operation[list[int]]:
         commands: list[Command] = []
         for index, item in enumerate(items):
             try:
                 channel, data = item
-                commands.append(("PUBLISH", channel, encode_message(channel, data, self.settings)))
+                payload = encode_message(channel, data, self.settings)
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"item {index}: {exc}") from None
-        return Operation("PUBLISH", commands, _ints, atomic=True)
+            commands.append(self._publish_command(channel, payload, history))
+        return Operation("EVAL" if history else "PUBLISH", commands, _all_receivers, atomic=True)
+
+    def _publish_command(self, channel: str, payload: bytes, history: bool) -> Command:
+        if not history:
+            return ("PUBLISH", channel, payload)
+        # Append to the channel's stream and publish, atomically (gateway/history.py).
+        keys = HistoryKeys.for_channel(self.settings.history_prefix, channel)
+        return (
+            "EVAL", PUBLISH_SCRIPT, 2, keys.meta, keys.stream, channel, payload,
+            self.settings.history_size, self.settings.history_retention_s,
+            secrets.token_hex(8), "PUBLISH",
+        )  # fmt: skip
 
     def create_session(
         self, user_id: str | int, ttl: int, channels: Iterable[str], extra: dict[str, Any]

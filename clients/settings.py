@@ -29,11 +29,23 @@ class PublisherSettings:
     max_payload_bytes: int = _LIMITS.max_message_bytes
     #: longest channel name (``GATEWAY_MAX_CHANNEL_LENGTH``: clients cannot subscribe longer)
     max_channel_length: int = _LIMITS.max_channel_length
+    #: Redis key prefix of channel history (``GATEWAY_HISTORY_PREFIX``, as the gateways read it)
+    history_prefix: str = _GATEWAY.history_prefix
+    #: messages kept per channel published with history (``GATEWAY_HISTORY_SIZE``; approximate)
+    history_size: int = _GATEWAY.history_size
+    #: seconds a channel's history lives after its last message
+    #: (``GATEWAY_HISTORY_RETENTION_SECONDS``)
+    history_retention_s: int = _GATEWAY.history_retention_s
 
     def __post_init__(self) -> None:
         if not isinstance(self.session_prefix, str) or not self.session_prefix:
             raise ValueError("session_prefix must be a non-empty string, e.g. 'session:'")
-        for name in ("max_payload_bytes", "max_channel_length"):
+        for name in (
+            "max_payload_bytes",
+            "max_channel_length",
+            "history_size",
+            "history_retention_s",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive whole number, not {value!r}")
@@ -50,6 +62,9 @@ class PublisherSettings:
             session_prefix=settings.session_prefix,
             max_payload_bytes=settings.limits.max_message_bytes,
             max_channel_length=settings.limits.max_channel_length,
+            history_prefix=settings.history_prefix,
+            history_size=settings.history_size,
+            history_retention_s=settings.history_retention_s,
         )
 
     @classmethod

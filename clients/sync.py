@@ -43,21 +43,23 @@ class Publisher(PublisherBase):
                 pipe.execute_command(*command)  # type: ignore[no-untyped-call]
             return operation.result(pipe.execute())
 
-    def publish(self, channel: str, data: Any) -> int:
+    def publish(self, channel: str, data: Any, *, history: bool = False) -> int:
         """Publish ``data`` as JSON on ``channel``; return how many gateways received it.
 
         The count is of Redis subscribers (gateway processes), not of WebSocket clients;
-        0 means no gateway listens to that channel right now.
+        0 means no gateway listens to that channel right now. With ``history`` the
+        message is also kept in the channel's bounded stream, numbered, so clients that
+        were away resume with no loss (docs/protocol.md, "History and recovery").
         """
-        return self._run(self._operations.publish(channel, data))
+        return self._run(self._operations.publish(channel, data, history))
 
-    def publish_many(self, items: Iterable[tuple[str, Any]]) -> list[int]:
+    def publish_many(self, items: Iterable[tuple[str, Any]], *, history: bool = False) -> list[int]:
         """Publish ``(channel, data)`` pairs in one round trip, all or none (MULTI/EXEC).
 
         Every item is validated before anything is sent (errors name the item's
         index). Returns the receiver count of each item, in order.
         """
-        return self._run(self._operations.publish_many(items))
+        return self._run(self._operations.publish_many(items, history))
 
     def create_session(
         self, user_id: str | int, *, ttl: int = 3600, channels: Iterable[str] = (), **extra: Any

@@ -361,6 +361,8 @@ class GatewaySettings:
     session_recheck_s: float = 30.0
     compression: bool = False
     history_prefix: str = "notify-gateway:history:"
+    history_size: int = 1000  # used by producers publishing with history
+    history_retention_s: int = 24 * 3600
     max_replay: int = 1000
     log_level: str = "info"
     log_format: str = "json"
@@ -495,6 +497,10 @@ def load_settings(env: Mapping[str, str]) -> GatewaySettings:
         == "deflate",
         admission=_load_admission(env),
         history_prefix=env.get("GATEWAY_HISTORY_PREFIX", "").strip() or defaults.history_prefix,
+        history_size=_get(env, "GATEWAY_HISTORY_SIZE", defaults.history_size, integer(1)),
+        history_retention_s=_get(
+            env, "GATEWAY_HISTORY_RETENTION_SECONDS", defaults.history_retention_s, integer(1)
+        ),
         max_replay=_get(env, "GATEWAY_MAX_REPLAY", defaults.max_replay, integer(1)),
         shutdown_timeout_s=_get(
             env, "GATEWAY_SHUTDOWN_TIMEOUT", defaults.shutdown_timeout_s, _parse_positive

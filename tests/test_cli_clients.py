@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from clients import AsyncPublisher
+from gateway.server import Gateway
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.process import ROOT
 from tests.support.redis_server import RedisServer, free_port
@@ -225,3 +226,14 @@ async def test_redis_unreachable_names_the_address(env: dict[str, str]) -> None:
     code, _, err = await cli({**env, "REDIS_URL": "http://nowhere"}, "publish", "c", "1")
     assert code == 2
     assert "configuration error: REDIS_URL" in one_line_error(err)
+
+
+async def test_publish_with_history_flag_numbers_the_message(
+    env: dict[str, str], gateway: Gateway, make_session: MakeSession
+) -> None:
+    ws = await connect_subscribed(ws_url(gateway), await make_session("h"), "public:cli-history")
+    code, out, err = await cli(env, "publish", "--history", "public:cli-history", '{"a":1}')
+    assert (code, out.strip(), err) == (0, "1", "")
+    frame = await recv_json(ws)
+    assert (frame["data"], frame["offset"]) == ({"a": 1}, 1)
+    await ws.close()

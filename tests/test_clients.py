@@ -24,7 +24,8 @@ from clients import (
 )
 from clients.sessions import new_token
 from gateway.config import ConfigError
-from tests.conftest import MakeGateway, ws_url
+from gateway.server import Gateway
+from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.redis_server import RedisServer
 from tests.support.tokens import issued
 from tests.support.ws import close_code, connect_authed, connect_subscribed, recv_json, request
@@ -369,3 +370,23 @@ async def test_one_async_publisher_is_shared_by_many_tasks(redis_server: RedisSe
         # More concurrent tasks than the pool has connections: they wait, none fails.
         counts = await asyncio.gather(*(publisher.publish("tasks", n) for n in range(100)))
     assert counts == [0] * 100
+
+
+async def test_publish_with_history_numbers_messages_and_lets_clients_resume(
+    publisher: AnyPublisher, gateway: Gateway, make_session: MakeSession
+) -> None:
+    token = await make_session("hist")
+    channel = f"public:lib-history-{token[:8]}"  # fresh history for each publisher kind
+    ws = await connect_subscribed(ws_url(gateway), token, channel)
+    assert await done(publisher.publish(channel, {"n": 1}, history=True)) == 1
+    first = await recv_json(ws)
+    assert (first["data"], first["offset"]) == ({"n": 1}, 1)
+    await ws.close()
+    counts = await done(publisher.publish_many([(channel, {"n": n}) for n in (2, 3)], history=True))
+    assert len(counts) == 2  # while the client is away: only the history keeps them for it
+    ws, _ = await connect_authed(ws_url(gateway), token)
+    async with ws:
+        since = {"offset": 1, "epoch": first["epoch"]}
+        reply = await request(ws, {"type": "subscribe", "channel": channel, "since": since})
+        assert (reply["recovered"], reply["offset"]) == (True, 3)
+        assert [(await recv_json(ws))["data"]["n"] for _ in range(2)] == [2, 3]

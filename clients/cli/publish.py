@@ -24,9 +24,16 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         help="the message as JSON (quote text: '\"hello\"'), or - to publish each line of "
         "stdin as one message (blank lines are skipped)",
     )
+    parser.add_argument(
+        "--history",
+        action="store_true",
+        help="also keep each message in the channel's history, so clients resume without loss",
+    )
 
 
-def _publish_each(publisher: Publisher, channel: str, messages: Iterable[tuple[str, bytes]]) -> int:
+def _publish_each(
+    publisher: Publisher, channel: str, messages: Iterable[tuple[str, bytes]], history: bool
+) -> int:
     problem = channel_problem(channel, publisher.settings.max_channel_length)
     if problem is not None:
         return fail(f"CHANNEL: {problem}", USAGE_ERROR)
@@ -41,7 +48,7 @@ def _publish_each(publisher: Publisher, channel: str, messages: Iterable[tuple[s
             )
             return fail(f"{where} is not valid JSON ({exc}): {hint}", USAGE_ERROR)
         try:
-            count = publisher.publish(channel, message)  # bytes: sent verbatim
+            count = publisher.publish(channel, message, history=history)  # bytes: verbatim
         except ValueError as exc:
             return fail(f"{where}: {exc}", USAGE_ERROR)
         print(count, flush=True)
@@ -57,7 +64,9 @@ def _stdin_lines() -> Iterable[tuple[str, bytes]]:
 
 def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     messages = _stdin_lines() if args.data == "-" else [("DATA", args.data.encode())]
-    return with_publisher(env, lambda publisher: _publish_each(publisher, args.channel, messages))
+    return with_publisher(
+        env, lambda publisher: _publish_each(publisher, args.channel, messages, args.history)
+    )
 
 
 PUBLISH = Subcommand(
