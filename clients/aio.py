@@ -6,10 +6,12 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from redis.asyncio.cluster import RedisCluster
+
 from clients.base import PublisherBase
 from clients.operations import Operation
 from clients.settings import PublisherSettings
-from gateway.redis_client import async_redis
+from gateway.redis_client import AnyRedis, async_cluster, async_redis
 
 __all__ = ["AsyncPublisher"]
 
@@ -26,15 +28,19 @@ class AsyncPublisher(PublisherBase):
 
     def __init__(self, settings: PublisherSettings | None = None) -> None:
         super().__init__(settings)
-        self._redis = async_redis(self.settings.redis)
+        redis = self.settings.redis
+        self._redis: AnyRedis = async_cluster(redis) if redis.cluster else async_redis(redis)
 
     async def _run(self, operation: Operation[T]) -> T:
         commands = operation.commands  # redis-py leaves execute_command untyped
         if not commands:
             return operation.result([])
         with self._errors(operation):
-            if len(commands) == 1 and not operation.atomic:
-                return operation.result([await self._redis.execute_command(*commands[0])])  # type: ignore[no-untyped-call]
+            if isinstance(self._redis, RedisCluster) or (
+                len(commands) == 1 and not operation.atomic
+            ):
+                # A cluster spreads the commands over slots: one at a time, not atomic.
+                return operation.result([await self._redis.execute_command(*c) for c in commands])
             pipe = self._redis.pipeline(transaction=operation.atomic)
             for command in commands:
                 pipe.execute_command(*command)

@@ -86,18 +86,24 @@ class Operations:
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"item {index}: {exc}") from None
             commands.append(self._publish_command(channel, payload, history))
-        return Operation("EVAL" if history else "PUBLISH", commands, _all_receivers, atomic=True)
+        name = "EVAL" if history else self._publish_name
+        return Operation(name, commands, _all_receivers, atomic=True)
 
     def _publish_command(self, channel: str, payload: bytes, history: bool) -> Command:
         if not history:
-            return ("PUBLISH", channel, payload)
+            return (self._publish_name, channel, payload)
         # Append to the channel's stream and publish, atomically (gateway/history.py).
         keys = HistoryKeys.for_channel(self.settings.history_prefix, channel)
         return (
             "EVAL", PUBLISH_SCRIPT, 2, keys.meta, keys.stream, channel, payload,
             self.settings.history_size, self.settings.history_retention_s,
-            secrets.token_hex(8), "PUBLISH",
+            secrets.token_hex(8), self._publish_name,
         )  # fmt: skip
+
+    @property
+    def _publish_name(self) -> str:
+        # Gateways on a cluster read sharded pub/sub: SPUBLISH stays on the slot's master.
+        return "SPUBLISH" if self.settings.redis.cluster else "PUBLISH"
 
     def create_session(
         self, user_id: str | int, ttl: int, channels: Iterable[str], extra: dict[str, Any]
@@ -119,9 +125,9 @@ class Operations:
             ("DEL", self._key(token)),
             # Published even when the key is already gone: sockets opened before it
             # expired or was deleted elsewhere are still open.
-            ("PUBLISH", CONTROL_CHANNEL, revoke_message(session_digest(token))),
+            (self._publish_name, CONTROL_CHANNEL, revoke_message(session_digest(token))),
         ]
-        return Operation("DEL+PUBLISH", commands, _first_bool, atomic=True)
+        return Operation(f"DEL+{self._publish_name}", commands, _first_bool, atomic=True)
 
     def _key(self, token: str) -> str:
         return self.settings.session_prefix + check_token(token)

@@ -77,11 +77,13 @@ class PublisherSettings:
         max_channel_length: int = _LIMITS.max_channel_length,
         max_retries: int = _REDIS.max_retries,
         connect_timeout_s: float = _REDIS.connect_timeout_s,
+        cluster: bool = False,
     ) -> PublisherSettings:
         """Settings for the Redis at ``url`` (``redis://`` or ``rediss://``, as ``REDIS_URL``).
 
         ``max_retries`` retries follow a transient error, with jittered exponential
-        backoff from 50 ms up to 1 s; 0 disables them.
+        backoff from 50 ms up to 1 s; 0 disables them. ``cluster`` treats ``url`` as any
+        node of a Redis Cluster and publishes with SPUBLISH, as the gateways then read.
         """
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be a whole number >= 0, not {max_retries!r}")
@@ -91,5 +93,6 @@ class PublisherSettings:
             load_redis_config({"REDIS_URL": url}),
             max_retries=max_retries,
             connect_timeout_s=connect_timeout_s,
+            cluster=cluster,
         )
         return cls(redis, session_prefix, max_payload_bytes, max_channel_length)

@@ -6,10 +6,13 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from redis import Redis
+from redis.cluster import RedisCluster
+
 from clients.base import PublisherBase
 from clients.operations import Operation
 from clients.settings import PublisherSettings
-from gateway.redis_client import sync_redis
+from gateway.redis_client import sync_cluster, sync_redis
 
 __all__ = ["Publisher"]
 
@@ -29,15 +32,21 @@ class Publisher(PublisherBase):
 
     def __init__(self, settings: PublisherSettings | None = None) -> None:
         super().__init__(settings)
-        self._redis = sync_redis(self.settings.redis)
+        redis = self.settings.redis
+        self._redis: Redis | RedisCluster = (
+            sync_cluster(redis) if redis.cluster else sync_redis(redis)
+        )
 
     def _run(self, operation: Operation[T]) -> T:
         commands = operation.commands  # redis-py leaves execute_command untyped
         if not commands:
             return operation.result([])
         with self._errors(operation):
-            if len(commands) == 1 and not operation.atomic:
-                return operation.result([self._redis.execute_command(*commands[0])])  # type: ignore[no-untyped-call]
+            if isinstance(self._redis, RedisCluster) or (
+                len(commands) == 1 and not operation.atomic
+            ):
+                # A cluster spreads the commands over slots: one at a time, not atomic.
+                return operation.result([self._redis.execute_command(*c) for c in commands])  # type: ignore[no-untyped-call]
             pipe = self._redis.pipeline(transaction=operation.atomic)
             for command in commands:
                 pipe.execute_command(*command)  # type: ignore[no-untyped-call]

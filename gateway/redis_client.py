@@ -6,6 +6,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.cluster
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -16,7 +17,14 @@ from redis.retry import Retry
 
 from gateway.config import RedisConfig
 
-__all__ = ["AnyRedis", "async_cluster", "async_redis", "redis_kwargs", "sync_redis"]
+__all__ = [
+    "AnyRedis",
+    "async_cluster",
+    "async_redis",
+    "redis_kwargs",
+    "sync_cluster",
+    "sync_redis",
+]
 
 #: A single Redis (or Sentinel-managed master) or a Redis Cluster.
 AnyRedis = redis.asyncio.Redis | RedisCluster
@@ -85,6 +93,14 @@ def async_cluster(config: RedisConfig) -> RedisCluster:
     kwargs = {k: v for k, v in redis_kwargs(config).items() if k != "db"}
     return RedisCluster(
         **kwargs, retry=AsyncRetry(_backoff(), config.max_retries), max_connections=32
+    )
+
+
+def sync_cluster(config: RedisConfig) -> redis.cluster.RedisCluster:
+    """The blocking twin of :func:`async_cluster`, for the publisher library."""
+    kwargs = {k: v for k, v in redis_kwargs(config).items() if k != "db"}
+    return redis.cluster.RedisCluster(
+        **kwargs, retry=Retry(_backoff(), config.max_retries), max_connections=32
     )
 
 

@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 from websockets.asyncio.client import ClientConnection
 
+from clients import AsyncPublisher, Publisher
 from gateway.channels import CONTROL_CHANNEL
 from gateway.control import revoke_message
 from gateway.session import session_digest
@@ -166,3 +167,34 @@ async def test_sessions_limits_and_rechecks_work_on_a_cluster(
     assert await request(kept, {"type": "ping"}) == {"type": "pong"}  # leases renewed fine
     assert await client.zcard("notify-gateway:{u:c2}:conns") == 1
     await kept.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_publisher_library_on_a_cluster(
+    cluster: RedisClusterProcesses, client: RedisCluster, gateway_factory: MakeGateway, kind: str
+) -> None:
+    gateway = await gateway_factory(cluster.url, REDIS_CLUSTER="true")
+    sync = Publisher.from_url(cluster.url, cluster=True) if kind == "sync" else None
+    aio = AsyncPublisher.from_url(cluster.url, cluster=True) if kind == "async" else None
+
+    async def call(name: str, *args: object, **kwargs: object) -> object:
+        if sync is not None:
+            return await asyncio.to_thread(getattr(sync, name), *args, **kwargs)
+        assert aio is not None
+        return await getattr(aio, name)(*args, **kwargs)
+
+    try:
+        token = str(await call("create_session", f"lib-{kind}"))
+        channel = f"public:lib-cluster-{kind}"
+        ws = await subscribed(ws_url(gateway), token, [channel])
+        assert await call("publish", channel, {"via": "spublish"}) == 1
+        assert (await recv_json(ws))["data"] == {"via": "spublish"}
+        assert await call("publish", channel, "kept", history=True) == 1
+        assert (await recv_json(ws))["offset"] == 1
+        assert await call("revoke_session", token) is True
+        assert await close_code(ws) == 4001
+    finally:
+        if sync is not None:
+            sync.close()
+        if aio is not None:
+            await aio.close()
