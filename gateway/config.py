@@ -231,6 +231,8 @@ class GatewaySettings:
     shutdown_timeout_s: float = 10.0
     log_level: str = "info"
     log_format: str = "json"
+    #: bearer token guarding /metrics and /status; None leaves them open
+    admin_token: str | None = dataclasses.field(default=None, repr=False)
     limits: Limits = dataclasses.field(default_factory=Limits)
 
 
@@ -242,6 +244,25 @@ def _parse_choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
         return value
 
     return parse
+
+
+MIN_ADMIN_TOKEN_LENGTH = 16
+
+
+def _parse_admin_token(name: str, raw: str) -> str:
+    # Never echo the value: it is a secret.
+    token = raw.strip()
+    if not (token.isascii() and token.isprintable()) or " " in token:
+        raise ConfigError(
+            f"{name} must be printable ASCII without spaces (it travels in an HTTP header): "
+            "generate one with `openssl rand -hex 32`"
+        )
+    if len(token) < MIN_ADMIN_TOKEN_LENGTH:
+        raise ConfigError(
+            f"{name} is too short ({len(token)} characters): use at least "
+            f"{MIN_ADMIN_TOKEN_LENGTH}, e.g. `openssl rand -hex 32`"
+        )
+    return token
 
 
 def load_settings(env: Mapping[str, str]) -> GatewaySettings:
@@ -301,5 +322,6 @@ def load_settings(env: Mapping[str, str]) -> GatewaySettings:
             env, "GATEWAY_LOG_LEVEL", "info", _parse_choice(("debug", "info", "warning", "error"))
         ),
         log_format=_get(env, "GATEWAY_LOG_FORMAT", "json", _parse_choice(("json", "console"))),
+        admin_token=_get(env, "GATEWAY_ADMIN_TOKEN", None, _parse_admin_token),
         limits=limits,
     )

@@ -10,6 +10,7 @@ client whose unsent bytes pass the buffer limit is closed with 4008.
 from __future__ import annotations
 
 import asyncio
+import collections
 import secrets
 from typing import cast
 
@@ -49,10 +50,18 @@ _AUTH_REASONS = {
 class ClientConnection:
     """The registry's view of one client: a non-blocking, bounded writer."""
 
-    __slots__ = ("_closer", "_max_buffer", "_transport", "_ws", "closed", "session")
+    __slots__ = ("_closer", "_log", "_max_buffer", "_transport", "_ws", "closed", "session")
 
-    def __init__(self, ws: ServerConnection, max_buffer: int, closer: ConnectionHandler) -> None:
+    def __init__(
+        self,
+        ws: ServerConnection,
+        max_buffer: int,
+        closer: ConnectionHandler,
+        logger: structlog.typing.FilteringBoundLogger,
+    ) -> None:
         self._ws = ws
+        # Bound to conn/user: the fan-out calls send() outside the connection's context.
+        self._log = logger
         self._transport = cast(asyncio.WriteTransport, ws.transport)
         self._max_buffer = max_buffer
         self._closer = closer
@@ -69,7 +78,10 @@ class ClientConnection:
         transport.write(data)
         buffered = transport.get_write_buffer_size()
         if buffered > self._max_buffer:
-            log.warning("slow_consumer", buffered_bytes=buffered, limit_bytes=self._max_buffer)
+            self._log.warning(
+                "slow_consumer", buffered_bytes=buffered, limit_bytes=self._max_buffer
+            )
+            self._closer.slow_consumers += 1
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: outgoing buffer limit reached")
 
     def subscription_refused(self, channel: str) -> None:
@@ -101,7 +113,10 @@ class ConnectionHandler:
         self._closing: set[asyncio.Task[None]] = set()
         # Open connections by session digest, for revocation.
         self._sessions_open: dict[str, set[ClientConnection]] = {}
+        # Plain counters, read by gateway.metrics at scrape time.
         self.connections = 0
+        self.slow_consumers = 0
+        self.auth_failures: collections.Counter[str] = collections.Counter()
 
     def close_later(self, ws: ServerConnection, code: CloseCode, reason: str) -> None:
         """Start a close handshake from synchronous code (the fan-out path)."""
@@ -134,6 +149,7 @@ class ConnectionHandler:
             session = await self._authenticate(ws)
         except AuthFailure as exc:
             bound.info("auth_failed", reason=exc.reason, remote=_remote(ws))
+            self.auth_failures[exc.reason] += 1
             reason = _AUTH_REASONS.get(
                 exc.reason, "unauthorized: unknown, expired or invalid session"
             )
@@ -147,7 +163,7 @@ class ConnectionHandler:
             return
         structlog.contextvars.bind_contextvars(user=session.user_id)
         bound = bound.bind(user=session.user_id)
-        client = ClientConnection(ws, self._settings.limits.max_buffer_bytes, self)
+        client = ClientConnection(ws, self._settings.limits.max_buffer_bytes, self, bound)
         state = ClientSession(session, self._policy, self._settings.limits, loop.time())
         client.session = state
         self.connections += 1

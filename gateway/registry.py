@@ -16,6 +16,8 @@ batch holding all the frames for its channels, so a burst to 1000 sockets costs
 from __future__ import annotations
 
 import enum
+import heapq
+import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -61,8 +63,11 @@ class Registry:
         internal: dict[str, Callable[[bytes], None]] | None = None,
         *,
         max_message_bytes: int = 1024 * 1024,
+        observe_fanout: Callable[[float], None] | None = None,
     ) -> None:
         self._max_message_bytes = max_message_bytes
+        # Called once per batch with the seconds from its first message to its last write.
+        self._observe_fanout = observe_fanout
         # Gateway-to-gateway channels, always subscribed, handled here, never fanned out.
         self._internal = {name.encode(): handler for name, handler in (internal or {}).items()}
         # Sinks that receive the channel's messages (their `subscribed` was sent).
@@ -73,6 +78,7 @@ class Registry:
         self._redis: RedisCommands | None = None
         self._gap: set[str] = set()
         self._batch: dict[bytes, list[bytes]] = {}
+        self._batch_started = 0.0
         self._channel_json: dict[bytes, bytes] = {}
         self.messages_received = 0
         self.messages_dropped = 0
@@ -87,6 +93,23 @@ class Registry:
 
     def subscribers(self, channel: str) -> int:
         return len(self._active.get(channel, ())) + len(self._waiting.get(channel, ()))
+
+    # Scrape-time queries: linear in the number of channels, never on the fan-out path.
+
+    @property
+    def redis_channel_count(self) -> int:
+        """Channels Redis has confirmed on the subscriber connection (control channel included)."""
+        return sum(1 for state in self._state.values() if state is _State.SUBSCRIBED)
+
+    @property
+    def subscription_count(self) -> int:
+        """Client subscriptions: one per (client, channel) pair, confirmed or waiting."""
+        return sum(map(len, self._active.values())) + sum(map(len, self._waiting.values()))
+
+    def top_channels(self, n: int) -> list[tuple[str, int]]:
+        """The ``n`` channels with the most subscribers, most first, then by name; none empty."""
+        counts = ((-self.subscribers(c), c) for c in self._active.keys() | self._waiting.keys())
+        return [(c, -negative) for negative, c in heapq.nsmallest(n, counts) if negative]
 
     def _wanted(self, channel: str) -> bool:
         return (
@@ -212,6 +235,8 @@ class Registry:
                 channel.decode("utf-8", "replace")
             )
         frame = message_frame(channel_json, payload)
+        if not self._batch:
+            self._batch_started = time.perf_counter()
         frames = self._batch.get(channel)
         if frames is None:
             self._batch[channel] = [frame]
@@ -224,6 +249,11 @@ class Registry:
         if not batch:
             return
         self._batch = {}
+        self._write(batch)
+        if self._observe_fanout is not None:
+            self._observe_fanout(time.perf_counter() - self._batch_started)
+
+    def _write(self, batch: dict[bytes, list[bytes]]) -> None:
         active = self._active
         if len(batch) == 1:
             ((channel, frames),) = batch.items()

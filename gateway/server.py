@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import time
 from http import HTTPStatus
 
 import structlog
-from websockets.asyncio.server import Server, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from gateway.auth import SessionStore
 from gateway.channels import CONTROL_CHANNEL
 from gateway.config import GatewaySettings
 from gateway.connection import ConnectionHandler
-from gateway.http import Route, make_process_request, text_response
+from gateway.http import (
+    Route,
+    bearer_protected,
+    bytes_response,
+    json_response,
+    make_process_request,
+    text_response,
+)
+from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.redis_client import async_redis
 from gateway.registry import Registry
+from gateway.status import status_report
 from gateway.subscriber import Subscriber
 
 __all__ = ["Gateway"]
@@ -29,9 +40,11 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
+        self.metrics = GatewayMetrics()
         self.registry = Registry(
             {CONTROL_CHANNEL: self._on_control},
             max_message_bytes=settings.limits.max_message_bytes,
+            observe_fanout=self.metrics.fanout_seconds.observe,
         )
         self.subscriber = Subscriber(
             settings.redis,
@@ -46,9 +59,12 @@ class Gateway:
             self.subscriber,
             SessionStore(self.redis, settings.session_prefix),
         )
+        self.metrics.track(self.registry, self.handler, self.subscriber)
         self._server: Server | None = None
         self._subscriber_task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._started_at = datetime.datetime.now(datetime.UTC)
+        self._started = time.monotonic()
 
     @property
     def port(self) -> int:
@@ -59,6 +75,14 @@ class Gateway:
 
     def _on_control(self, payload: bytes) -> None:
         self.handler.on_control(payload)
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        """Serve one connection, then count its close code and lifetime."""
+        started = time.monotonic()
+        try:
+            await self.handler(ws)
+        finally:
+            self.metrics.connection_closed(ws.close_code, time.monotonic() - started)
 
     def _routes(self) -> dict[str, Route]:
         def healthz(_request: Request) -> Response:
@@ -71,13 +95,33 @@ class Gateway:
                 HTTPStatus.SERVICE_UNAVAILABLE, "Redis subscriber connection is down\n"
             )
 
-        return {"/healthz": healthz, "/readyz": readyz}
+        def metrics(_request: Request) -> Response:
+            return bytes_response(HTTPStatus.OK, self.metrics.exposition(), CONTENT_TYPE)
+
+        def status(_request: Request) -> Response:
+            report = status_report(
+                self.settings,
+                self.registry,
+                self.handler,
+                self.subscriber,
+                started_at=self._started_at.isoformat(timespec="seconds"),
+                uptime_s=time.monotonic() - self._started,
+            )
+            return json_response(HTTPStatus.OK, report)
+
+        admin = self.settings.admin_token
+        return {
+            "/healthz": healthz,
+            "/readyz": readyz,
+            "/metrics": bearer_protected(admin, metrics),
+            "/status": bearer_protected(admin, status),
+        }
 
     async def start(self) -> None:
         settings = self.settings
         self._subscriber_task = asyncio.create_task(self.subscriber.run(), name="redis-subscriber")
         self._server = await serve(
-            self.handler,
+            self._handle,
             settings.host,
             settings.port,
             process_request=make_process_request(self._routes()),

@@ -160,3 +160,38 @@ def test_refused_subscription_reports_error_and_forgets() -> None:
     assert frame["ref"] == 5
     assert a.refused == ["secret"]
     assert registry.channel_count == 0
+
+
+def test_fanout_is_timed_once_per_batch_not_per_delivery() -> None:
+    timings: list[float] = []
+    registry = Registry(observe_fanout=timings.append)
+    registry.on_connected(RecordingRedis())
+    sinks = [RecordingSink() for _ in range(50)]
+    for sink in sinks:
+        registry.subscribe(sink, "x", b"", None)
+    registry.on_subscribed("x")
+    registry.flush()  # nothing from Redis: no observation
+    assert timings == []
+    for payload in (b"1", b"2", b"3"):
+        registry.on_message(b"x", payload)
+    registry.flush()
+    assert len(timings) == 1
+    assert timings[0] >= 0
+    assert registry.deliveries == 150
+
+
+def test_scrape_time_counts_and_top_channels() -> None:
+    registry = Registry({"internal": lambda _payload: None})
+    registry.on_connected(RecordingRedis())
+    registry.on_subscribed("internal")
+    a, b, c = RecordingSink(), RecordingSink(), RecordingSink()
+    for sink in (a, b, c):
+        registry.subscribe(sink, "busy", b"", None)
+    registry.subscribe(a, "quiet", b"", None)
+    registry.on_subscribed("busy")
+    registry.subscribe(b, "pending", b"", None)  # waiting for Redis to confirm
+    assert registry.subscription_count == 5
+    assert registry.redis_channel_count == 2  # "internal" and "busy"
+    assert registry.top_channels(2) == [("busy", 3), ("pending", 1)]
+    # The internal channel has no subscribers: it is not listed.
+    assert registry.top_channels(10) == [("busy", 3), ("pending", 1), ("quiet", 1)]
