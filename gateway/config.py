@@ -9,12 +9,14 @@ The functions are pure so they are unit-tested with plain dicts.
 from __future__ import annotations
 
 import dataclasses
+import re
 import ssl
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 __all__ = [
+    "Admission",
     "ConfigError",
     "GatewaySettings",
     "Limits",
@@ -216,6 +218,19 @@ class Limits:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Admission:
+    """Who may connect: caps counted per process, and per user/IP across instances in Redis."""
+
+    max_connections: int = 100_000
+    max_connections_per_user: int = 20
+    max_attempts_per_user: int = 60
+    max_attempts_per_ip: int = 0  # 0: off (behind a load balancer every client shares an IP)
+    trusted_proxy_header: str | None = None
+    allowed_origins: tuple[str, ...] = ()  # empty: any origin
+    key_prefix: str = "notify-gateway:"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """Everything the gateway process is configured with."""
 
@@ -227,13 +242,58 @@ class GatewaySettings:
     auth_timeout_s: float = 10.0
     heartbeat_s: float = 20.0
     redis_ping_s: float = 1.0
-    redis_ping_timeout_s: float = 3.0
+    redis_ping_timeout_s: float = 2.0
     shutdown_timeout_s: float = 10.0
+    handshake_timeout_s: float = 10.0
+    session_recheck_s: float = 30.0
+    compression: bool = False
+    history_prefix: str = "notify-gateway:history:"
+    max_replay: int = 1000
     log_level: str = "info"
     log_format: str = "json"
     #: bearer token guarding /metrics and /status; None leaves them open
     admin_token: str | None = dataclasses.field(default=None, repr=False)
     limits: Limits = dataclasses.field(default_factory=Limits)
+    admission: Admission = dataclasses.field(default_factory=Admission)
+
+
+def _parse_origins(name: str, raw: str) -> tuple[str, ...]:
+    origins = _parse_list(raw)
+    for origin in origins:
+        scheme, sep, rest = origin.partition("://")
+        if not sep or scheme not in ("http", "https") or not rest or "/" in rest:
+            raise ConfigError(
+                f"{name} entry {origin!r} is not an origin: use scheme://host[:port], "
+                "e.g. https://app.example.com"
+            )
+    return origins
+
+
+def _load_admission(env: Mapping[str, str]) -> Admission:
+    d = Admission()
+    header = env.get("GATEWAY_TRUSTED_PROXY_HEADER", "").strip() or None
+    if header is not None and not re.fullmatch(r"[A-Za-z0-9-]+", header):
+        raise ConfigError(
+            "GATEWAY_TRUSTED_PROXY_HEADER must be a header name such as X-Forwarded-For"
+        )
+    prefix = env.get("GATEWAY_LIMIT_KEY_PREFIX", d.key_prefix)
+    if not prefix:
+        raise ConfigError("GATEWAY_LIMIT_KEY_PREFIX is empty: leave it unset for 'notify-gateway:'")
+
+    def count(name: str, default: int, minimum: int) -> int:
+        return _get(env, name, default, lambda n, r: _parse_int(n, r, minimum=minimum))
+
+    return Admission(
+        max_connections=count("GATEWAY_MAX_CONNECTIONS", d.max_connections, 1),
+        max_connections_per_user=count(
+            "GATEWAY_MAX_CONNECTIONS_PER_USER", d.max_connections_per_user, 1
+        ),
+        max_attempts_per_user=count("GATEWAY_MAX_ATTEMPTS_PER_USER", d.max_attempts_per_user, 1),
+        max_attempts_per_ip=count("GATEWAY_MAX_ATTEMPTS_PER_IP", d.max_attempts_per_ip, 0),
+        trusted_proxy_header=header,
+        allowed_origins=_get(env, "GATEWAY_ALLOWED_ORIGINS", (), _parse_origins),
+        key_prefix=prefix,
+    )
 
 
 def _parse_choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
@@ -315,6 +375,17 @@ def load_settings(env: Mapping[str, str]) -> GatewaySettings:
         heartbeat_s=_get(env, "GATEWAY_HEARTBEAT_SECONDS", defaults.heartbeat_s, _parse_positive),
         redis_ping_s=ping_s,
         redis_ping_timeout_s=ping_timeout_s,
+        handshake_timeout_s=_get(
+            env, "GATEWAY_HANDSHAKE_TIMEOUT", defaults.handshake_timeout_s, _parse_positive
+        ),
+        session_recheck_s=_get(
+            env, "GATEWAY_SESSION_RECHECK_SECONDS", defaults.session_recheck_s, _parse_positive
+        ),
+        compression=_get(env, "GATEWAY_COMPRESSION", "off", _parse_choice(("off", "deflate")))
+        == "deflate",
+        admission=_load_admission(env),
+        history_prefix=env.get("GATEWAY_HISTORY_PREFIX", "").strip() or defaults.history_prefix,
+        max_replay=_get(env, "GATEWAY_MAX_REPLAY", defaults.max_replay, integer(1)),
         shutdown_timeout_s=_get(
             env, "GATEWAY_SHUTDOWN_TIMEOUT", defaults.shutdown_timeout_s, _parse_positive
         ),

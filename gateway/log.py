@@ -3,8 +3,8 @@
 Configured once by :func:`configure_logging`; modules get loggers with
 ``structlog.get_logger(name)`` and bind ``conn``/``user`` per connection. Records
 that libraries send through the standard :mod:`logging` module (websockets,
-asyncio's "Exception in callback", Python warnings) go through the same
-processors, as events named ``library_log``, so every stdout line has one shape.
+asyncio's "Exception in callback", Python warnings) are re-emitted through the
+same processors as events named ``library_log``, so every stdout line has one shape.
 The event names, levels and fields are listed in docs/logging.md (checked by a test).
 """
 
@@ -15,7 +15,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
@@ -77,62 +77,58 @@ def redact_secrets(
     return event_dict
 
 
-def _library_record(
-    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    """A stdlib record: a fixed event name, its text in ``message``, its logger's name."""
-    event_dict["message"] = str(event_dict["event"]).rstrip()
-    event_dict["event"] = LIBRARY_EVENT
-    event_dict["logger"] = event_dict["_record"].name
-    return event_dict
+class _LibraryHandler(logging.Handler):
+    """Re-emits standard :mod:`logging` records as ``library_log`` structlog events."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._log = structlog.get_logger("gateway.library")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Custom numeric levels map to the standard level at or below them.
+        level = min(max(record.levelno // 10 * 10, logging.DEBUG), logging.CRITICAL)
+        try:
+            self._log.log(
+                level,
+                LIBRARY_EVENT,
+                message=record.getMessage().rstrip(),
+                logger=record.name,
+                exc_info=record.exc_info or False,
+            )
+        except Exception:
+            self.handleError(record)
 
 
-def _orjson_text(obj: Any, **kwargs: Any) -> str:
-    return orjson.dumps(obj, **kwargs).decode()
+def configure_logging(level: str = "info", fmt: str = "json", file: BinaryIO | None = None) -> None:
+    """Send structured events to stdout (or ``file``) as JSON lines, or coloured console output.
 
-
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Send structured events to stdout as JSON lines or coloured console output.
-
-    The root :mod:`logging` logger writes to stdout through the same processors;
-    websockets' own records below WARNING are dropped, as the gateway logs
-    connections itself.
+    Records of the standard :mod:`logging` module go through the same processors
+    and sink; websockets' own records below WARNING are dropped, as the gateway
+    logs connections itself.
     """
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
-    shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    tail: list[Any] = [structlog.processors.format_exc_info, redact_secrets]
     renderer: Any
-    library_renderer: Any
     if fmt == "console":
-        renderer = library_renderer = structlog.dev.ConsoleRenderer()
+        renderer = structlog.dev.ConsoleRenderer()
         logger_factory: Any = structlog.PrintLoggerFactory(sys.stdout)
     else:
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        library_renderer = structlog.processors.JSONRenderer(serializer=_orjson_text)
-        logger_factory = structlog.BytesLoggerFactory(sys.stdout.buffer)
+        logger_factory = structlog.BytesLoggerFactory(file or sys.stdout.buffer)
     structlog.configure(
-        processors=[*shared, *tail, renderer],
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            renderer,
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=logger_factory,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[_library_record, *shared],
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                *tail,
-                library_renderer,
-            ],
-        )
-    )
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_LibraryHandler()]
     root.setLevel(numeric_level)
     logging.getLogger("websockets").setLevel(max(numeric_level, logging.WARNING))
     logging.captureWarnings(True)

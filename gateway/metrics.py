@@ -100,6 +100,11 @@ class _StateCollector:
         registry, handler, subscriber = self._registry, self._handler, self._subscriber
         yield _info()
         yield GaugeMetricFamily(
+            "notify_gateway_sockets",
+            "Open WebSocket connections, authenticated or not (what GATEWAY_MAX_CONNECTIONS caps).",
+            value=handler.sockets,
+        )
+        yield GaugeMetricFamily(
             "notify_gateway_connections",
             "Open, authenticated WebSocket connections.",
             value=handler.connections,

@@ -14,6 +14,8 @@ from typing import Final
 
 import orjson
 
+from gateway.history import Position, position_problem
+
 __all__ = [
     "Auth",
     "CloseCode",
@@ -70,6 +72,7 @@ class Auth:
 class Subscribe:
     channel: str
     ref: Ref
+    since: Position | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,7 +127,15 @@ def parse_command(data: str | bytes) -> Command | FrameError:
         channel = obj.get("channel")
         if not isinstance(channel, str):
             return FrameError(ErrorCode.BAD_REQUEST, f"{kind} needs a 'channel' string", ref)
-        return Subscribe(channel, ref) if kind == "subscribe" else Unsubscribe(channel, ref)
+        if kind == "unsubscribe":
+            return Unsubscribe(channel, ref)
+        since = obj.get("since")
+        if since is None:
+            return Subscribe(channel, ref)
+        problem = position_problem(since)
+        if problem is not None:
+            return FrameError(ErrorCode.BAD_REQUEST, problem, ref)
+        return Subscribe(channel, ref, Position(since["offset"], since["epoch"]))
     if kind == "ping":
         return Ping(ref)
     if kind == "auth":
@@ -181,16 +192,23 @@ def gap_frame(channel: str) -> bytes:
 _MESSAGE_HEAD: Final = b'{"type":"message","channel":'
 
 
-def message_frame(channel_json: bytes, payload: bytes) -> bytes:
+def message_frame(
+    channel_json: bytes, payload: bytes, offset: int | None = None, epoch: str | None = None
+) -> bytes:
     """The delivery frame for one Redis message, built once for all subscribers.
 
     ``channel_json`` is the channel already serialised as a JSON string. The payload
     is embedded verbatim when it is valid JSON, and as a JSON string otherwise
-    (bytes that are not UTF-8 are replaced with U+FFFD).
+    (bytes that are not UTF-8 are replaced with U+FFFD). History messages also carry
+    their ``offset`` and ``epoch``.
     """
     try:
         orjson.loads(payload)
         data = payload
     except orjson.JSONDecodeError:
         data = orjson.dumps(payload.decode("utf-8", "replace"))
-    return text_frame(b"".join((_MESSAGE_HEAD, channel_json, b',"data":', data, b"}")))
+    parts = [_MESSAGE_HEAD, channel_json, b',"data":', data]
+    if offset is not None:
+        parts += [b',"offset":', str(offset).encode(), b',"epoch":', orjson.dumps(epoch)]
+    parts.append(b"}")
+    return text_frame(b"".join(parts))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -40,10 +40,19 @@ def redis_kwargs(config: RedisConfig) -> dict[str, Any]:
     return kwargs
 
 
-def async_redis(config: RedisConfig) -> Redis:
-    """An asyncio client with a small pool and jittered retries on transient errors."""
-    return Redis(
-        **redis_kwargs(config),
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), config.max_retries),
-        max_connections=16,
+def async_redis(config: RedisConfig, max_connections: int = 32) -> Redis:
+    """An asyncio client with jittered retries on transient errors.
+
+    The pool blocks when all its connections are busy, so a burst of thousands of
+    reconnecting clients queues for Redis instead of failing with "too many connections".
+    """
+    kwargs = redis_kwargs(config)
+    retries = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), config.max_retries)
+    pool = BlockingConnectionPool(
+        connection_class=SSLConnection if config.tls else Connection,
+        max_connections=max_connections,
+        timeout=max(config.connect_timeout_s, 5.0),
+        **{k: v for k, v in kwargs.items() if k != "ssl"},
+        retry=retries,
     )
+    return Redis.from_pool(pool)  # closing the client closes its pool

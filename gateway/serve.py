@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import resource
 import signal
 import sys
 from collections.abc import Mapping
@@ -28,7 +29,30 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="listen port (overrides GATEWAY_PORT)")
 
 
+def _raise_fd_limit(max_connections: int) -> None:
+    """Lift the soft ``ulimit -n`` towards the hard one; warn if it stays below the cap."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + 1024  # Redis, logs, listening sockets, headroom
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, max(soft, wanted))
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft < wanted:
+        log.warning(
+            "fd_limit_low",
+            soft_limit=soft,
+            hard_limit=hard,
+            max_connections=max_connections,
+            hint="raise the hard limit (ulimit -Hn, LimitNOFILE=, --ulimit nofile=) "
+            "or lower GATEWAY_MAX_CONNECTIONS",
+        )
+
+
 async def _serve(settings: GatewaySettings) -> int:
+    _raise_fd_limit(settings.admission.max_connections)
     embedded: EmbeddedRedis | None = None
     if not settings.redis.explicit and not await redis_answers("localhost", settings.redis.port):
         embedded = await EmbeddedRedis.start()

@@ -11,11 +11,14 @@ from http import HTTPStatus
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
+from websockets.typing import Origin
 
+from gateway.admission import AdmissionControl
 from gateway.auth import SessionStore
 from gateway.channels import CONTROL_CHANNEL
 from gateway.config import GatewaySettings
 from gateway.connection import ConnectionHandler
+from gateway.history import Position
 from gateway.http import (
     Route,
     bearer_protected,
@@ -25,6 +28,7 @@ from gateway.http import (
     text_response,
 )
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from gateway.recovery import HistoryReader, Recoverer
 from gateway.redis_client import async_redis
 from gateway.registry import Registry
 from gateway.status import status_report
@@ -44,6 +48,7 @@ class Gateway:
         self.registry = Registry(
             {CONTROL_CHANNEL: self._on_control},
             max_message_bytes=settings.limits.max_message_bytes,
+            on_resubscribed=self._on_resubscribed,
             observe_fanout=self.metrics.fanout_seconds.observe,
         )
         self.subscriber = Subscriber(
@@ -53,15 +58,21 @@ class Gateway:
             ping_timeout_s=settings.redis_ping_timeout_s,
         )
         self.redis = async_redis(settings.redis)
+        self.history = HistoryReader(self.redis, settings.history_prefix, settings.max_replay)
+        self.recoverer = Recoverer(self.history, self.registry.finish_recovery)
         self.handler = ConnectionHandler(
             settings,
             self.registry,
             self.subscriber,
             SessionStore(self.redis, settings.session_prefix),
+            AdmissionControl(
+                self.redis, settings.admission, lease_s=max(10.0, 3 * settings.session_recheck_s)
+            ),
+            self.history,
         )
         self.metrics.track(self.registry, self.handler, self.subscriber)
         self._server: Server | None = None
-        self._subscriber_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
         self._started_at = datetime.datetime.now(datetime.UTC)
         self._started = time.monotonic()
@@ -75,6 +86,9 @@ class Gateway:
 
     def _on_control(self, payload: bytes) -> None:
         self.handler.on_control(payload)
+
+    def _on_resubscribed(self, channel: str, since: Position) -> None:
+        self.recoverer.start(channel, since)
 
     async def _handle(self, ws: ServerConnection) -> None:
         """Serve one connection, then count its close code and lifetime."""
@@ -119,18 +133,26 @@ class Gateway:
 
     async def start(self) -> None:
         settings = self.settings
-        self._subscriber_task = asyncio.create_task(self.subscriber.run(), name="redis-subscriber")
+        self._tasks = [
+            asyncio.create_task(self.subscriber.run(), name="redis-subscriber"),
+            asyncio.create_task(self.handler.upkeep(), name="session-upkeep"),
+        ]
+        origins: list[Origin | None] | None = None
+        if settings.admission.allowed_origins:
+            # Browsers always send Origin; services without one are not a CSWSH vector.
+            origins = [*(Origin(o) for o in settings.admission.allowed_origins), None]
         self._server = await serve(
             self._handle,
             settings.host,
             settings.port,
             process_request=make_process_request(self._routes()),
-            compression=None,
+            origins=origins,
+            compression="deflate" if settings.compression else None,
             max_size=settings.limits.max_frame_bytes,
             ping_interval=settings.heartbeat_s,
             ping_timeout=settings.heartbeat_s,
             close_timeout=5,
-            open_timeout=10,
+            open_timeout=settings.handshake_timeout_s,
             server_header=None,
         )
         log.info("gateway_started", host=settings.host, port=self.port, redis=settings.redis.url())
@@ -147,9 +169,11 @@ class Gateway:
                     await self._server.wait_closed()
             except TimeoutError:
                 log.warning("shutdown_deadline_passed", timeout_s=self.settings.shutdown_timeout_s)
-        if self._subscriber_task is not None:
-            self._subscriber_task.cancel()
+        await self.recoverer.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._subscriber_task
+                await task
         await self.redis.aclose()
         log.info("gateway_stopped")

@@ -28,6 +28,7 @@ def status_report(
 ) -> dict[str, Any]:
     """A snapshot; linear in the number of channels, built only on request."""
     latency = subscriber.ping_latency_s if subscriber.ready else None
+    admission = settings.admission
     return {
         "version": __version__,
         "started_at": started_at,
@@ -38,6 +39,7 @@ def status_report(
             "ping_ms": None if latency is None else round(latency * 1000, 3),
             "reconnects": subscriber.reconnects,
         },
+        "sockets": handler.sockets,
         "connections": handler.connections,
         "channels": registry.redis_channel_count,
         "subscriptions": registry.subscription_count,
@@ -52,7 +54,13 @@ def status_report(
         ],
         "limits": {
             **dataclasses.asdict(settings.limits),
+            "max_connections": admission.max_connections,
+            "max_connections_per_user": admission.max_connections_per_user,
+            "max_attempts_per_user": admission.max_attempts_per_user,
+            "max_attempts_per_ip": admission.max_attempts_per_ip,
+            "max_replay": settings.max_replay,
             "auth_timeout_s": settings.auth_timeout_s,
+            "handshake_timeout_s": settings.handshake_timeout_s,
             "heartbeat_s": settings.heartbeat_s,
         },
     }

@@ -176,7 +176,7 @@ class Subscriber:
         registry: Registry,
         *,
         ping_interval_s: float = 1.0,
-        ping_timeout_s: float = 3.0,
+        ping_timeout_s: float = 2.0,
     ) -> None:
         self._config = config
         self._registry = registry
@@ -281,7 +281,12 @@ class Subscriber:
                 break
             self.ping_latency_s = asyncio.get_running_loop().time() - sent
         exc = protocol.lost.result() if protocol.lost.done() else None
-        return _describe(exc) if exc is not None else "connection closed by Redis"
+        if exc is not None:
+            return _describe(exc)
+        return (
+            "closed by Redis (restart, CLIENT KILL, timeout, or the pubsub "
+            "client-output-buffer-limit was exceeded)"
+        )
 
 
 def _describe(exc: BaseException) -> str:

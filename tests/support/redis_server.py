@@ -48,7 +48,8 @@ class RedisServer:
             "--logfile", str(self.dir / "redis.log"),
             *self.extra,
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with (self.dir / "stderr.log").open("ab") as stderr:
+            self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr)
         self.wait_answering()
         return self
 
@@ -58,7 +59,7 @@ class RedisServer:
         while True:
             assert self.process is not None
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                err = (self.dir / "stderr.log").read_text(errors="replace")
                 log = (
                     (self.dir / "redis.log").read_text()
                     if (self.dir / "redis.log").exists()
@@ -95,8 +96,6 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
-        if self.process is not None and self.process.stderr:
-            self.process.stderr.close()
 
     def restart(self) -> None:
         """Stop (or after kill) and start again on the same port."""
