@@ -64,6 +64,7 @@ async def test_every_documented_metric_is_exposed_with_its_type(gateway: Gateway
     families = (await scrape(gateway)).families
     expected = {
         "notify_gateway_connections": "gauge",
+        "notify_gateway_sockets": "gauge",
         "notify_gateway_channels": "gauge",
         "notify_gateway_subscriptions": "gauge",
         "notify_gateway_redis_connected": "gauge",
@@ -107,6 +108,7 @@ async def test_metrics_move_with_connections_subscriptions_and_deliveries(
     gateway = await gateway_factory(GATEWAY_MAX_MESSAGE_BYTES="1000")
     before = await scrape(gateway)
     assert before("notify_gateway_connections") == 0
+    assert before("notify_gateway_sockets") == 0
     assert before("notify_gateway_subscriptions") == 0
     assert before("notify_gateway_channels") == 1  # the control channel
     assert before("notify_gateway_redis_connected") == 1
@@ -119,6 +121,7 @@ async def test_metrics_move_with_connections_subscriptions_and_deliveries(
     await request(a, {"type": "subscribe", "channel": "notifications"})
     during = await scrape(gateway)
     assert during("notify_gateway_connections") == 2
+    assert during("notify_gateway_sockets") == 2
     assert during("notify_gateway_subscriptions") == 3
     assert during("notify_gateway_channels") == 3
 
