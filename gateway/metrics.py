@@ -3,7 +3,9 @@
 Counting stays off the fan-out path: the registry, the connection handler and the
 subscriber keep plain integers, and :class:`_StateCollector` turns them into
 metric families only when Prometheus scrapes. The two histograms are observed
-once per Redis read batch and once per connection, never per delivery.
+once per Redis read batch and once per connection, never per delivery, and are
+:class:`LoopHistogram`: a bisect and two additions, no lock (prometheus-client's
+``Histogram.observe`` costs about 1 us, a visible share of a small fan-out).
 
 Each gateway has its own :class:`~prometheus_client.CollectorRegistry`, so several
 gateways in one process (the tests) never share or clash over series.
@@ -11,26 +13,31 @@ gateways in one process (the tests) never share or clash over series.
 
 from __future__ import annotations
 
+import bisect
 import collections
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import (
     GC_COLLECTOR,
     CollectorRegistry,
     GCCollector,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from gateway import __version__
 from gateway.connection import ConnectionHandler
 from gateway.registry import Registry
 from gateway.subscriber import Subscriber
 
-__all__ = ["CONTENT_TYPE", "GatewayMetrics"]
+__all__ = ["CONTENT_TYPE", "GatewayMetrics", "LoopHistogram"]
 
 # The classic text format every Prometheus version reads (generate_latest writes it).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -43,22 +50,48 @@ FANOUT_BUCKETS = (
 DURATION_BUCKETS = (0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
 
 
+class LoopHistogram:
+    """A histogram observed from the event loop thread only (hence no lock)."""
+
+    __slots__ = ("_bounds", "_counts", "_sum", "documentation", "name")
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = sorted(buckets)
+        self._counts = [0] * (len(self._bounds) + 1)  # the last one is +Inf
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bound's bucket (le).
+        self._counts[bisect.bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def family(self) -> HistogramMetricFamily:
+        cumulative, total = [], 0
+        labels = [repr(float(bound)) for bound in self._bounds] + ["+Inf"]
+        for le, count in zip(labels, self._counts, strict=True):
+            total += count
+            cumulative.append((le, float(total)))
+        return HistogramMetricFamily(
+            self.name, self.documentation, buckets=cumulative, sum_value=self._sum
+        )
+
+
 class GatewayMetrics:
     """Every metric of one gateway, in a registry of its own."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.fanout_seconds = Histogram(
+        self.fanout_seconds = LoopHistogram(
             "notify_gateway_fanout_seconds",
             "Time from the first message of a Redis read batch to its last frame written.",
-            buckets=FANOUT_BUCKETS,
-            registry=self.registry,
+            FANOUT_BUCKETS,
         )
-        self.connection_seconds = Histogram(
+        self.connection_seconds = LoopHistogram(
             "notify_gateway_connection_duration_seconds",
             "Lifetime of WebSocket connections, observed when they close.",
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
+            DURATION_BUCKETS,
         )
         #: close codes of finished connections ("none": the handler failed before closing)
         self.close_codes: collections.Counter[str] = collections.Counter()
@@ -169,6 +202,8 @@ class _StateCollector:
             "Times the Redis pub/sub connection was lost (each is followed by a reconnect).",
             value=subscriber.reconnects,
         )
+        yield self._metrics.fanout_seconds.family()
+        yield self._metrics.connection_seconds.family()
 
 
 def _info() -> GaugeMetricFamily:

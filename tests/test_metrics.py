@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import orjson
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 from websockets.asyncio.client import connect
 
+from gateway.metrics import LoopHistogram
 from gateway.server import Gateway
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.process import ROOT
@@ -99,7 +102,7 @@ async def test_every_documented_metric_is_exposed_with_its_type(gateway: Gateway
 def _metric_names(text: str) -> set[str]:
     """Metric family names mentioned in ``text`` (series suffixes such as _total removed)."""
     series = re.findall(r"\bnotify_gateway_[a-z_]+", text)
-    return {re.sub(r"_(total|bucket|count|sum|created)$", "", name) for name in series}
+    return {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in series}
 
 
 async def test_metrics_move_with_connections_subscriptions_and_deliveries(
@@ -314,3 +317,24 @@ async def test_status_lists_at_most_ten_channels(
         report = orjson.loads((await _admin_get(gateway, "/status", None))[2])
         assert report["subscriptions"] == 12
         assert len(report["top_channels"]) == 10
+
+
+def test_loop_histogram_buckets_are_cumulative_with_le_inclusive() -> None:
+    histogram = LoopHistogram("t_seconds", "test", (0.1, 1.0, 10.0))
+    for value in (0.05, 0.1, 0.5, 1.0, 99.0):
+        histogram.observe(value)
+    registry = CollectorRegistry()
+    registry.register(_Fixed(histogram))
+    samples = Samples(generate_latest(registry).decode())
+    buckets = {le: samples("t_seconds_bucket", le=le) for le in ("0.1", "1.0", "10.0", "+Inf")}
+    assert buckets == {"0.1": 2, "1.0": 4, "10.0": 4, "+Inf": 5}
+    assert samples("t_seconds_count") == 5
+    assert samples("t_seconds_sum") == pytest.approx(100.65)
+
+
+class _Fixed:
+    def __init__(self, histogram: LoopHistogram) -> None:
+        self._histogram = histogram
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._histogram.family()
