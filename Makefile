@@ -18,7 +18,7 @@ run: $(STAMP)
 
 ## test: lint, type-check and run the whole test suite against real redis-server processes
 test: $(STAMP)
-	scripts/system-deps.sh redis-server
+	scripts/system-deps.sh redis-server chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy gateway clients

@@ -13,12 +13,14 @@ Time is Redis's own (``TIME`` inside the scripts), so gateway clocks need not ag
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Iterable, Mapping
 
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from gateway.config import Admission
+from gateway.redis_client import AnyRedis
 
 __all__ = ["AdmissionControl", "Refusal"]
 
@@ -36,6 +38,13 @@ if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return 2 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return 0
+"""
+
+# KEYS: attempts. ARGV: window s.
+_COUNT = """
+local attempts = redis.call('INCR', KEYS[1])
+if attempts == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return attempts
 """
 
 # KEYS: leases. ARGV: lease ms, members...
@@ -59,12 +68,13 @@ class Refusal(enum.Enum):
 class AdmissionControl:
     """Per-user and per-IP admission against shared Redis counters."""
 
-    def __init__(self, redis: Redis, admission: Admission, lease_s: float) -> None:
+    def __init__(self, redis: AnyRedis, admission: Admission, lease_s: float) -> None:
         self._redis = redis
         self._limits = admission
         self._lease_ms = max(1000, int(lease_s * 1000))
         self._admit = redis.register_script(_ADMIT)
         self._renew = redis.register_script(_RENEW)
+        self._count = redis.register_script(_COUNT)
 
     def _user_key(self, user: str, kind: str) -> str:
         return f"{self._limits.key_prefix}{{u:{user}}}:{kind}"
@@ -75,10 +85,7 @@ class AdmissionControl:
         if limit <= 0:
             return None
         key = f"{self._limits.key_prefix}ip:{ip}:attempts"
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, ATTEMPT_WINDOW_S, nx=True)
-            attempts, _ = await pipe.execute()
+        attempts = await self._count(keys=[key], args=[ATTEMPT_WINDOW_S])
         return Refusal.IP_ATTEMPTS if int(attempts) > limit else None
 
     async def admit(self, user: str, conn_id: str) -> Refusal | None:
@@ -100,13 +107,22 @@ class AdmissionControl:
 
     async def renew(self, connections: Mapping[str, Iterable[str]]) -> None:
         """Extend the leases of live connections: ``{user: [conn_id, ...]}``."""
-        if not connections:
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for user, conn_ids in connections.items():
-                await self._renew(
-                    keys=[self._user_key(user, "conns")],
-                    args=[self._lease_ms, *conn_ids],
-                    client=pipe,
+        calls: list[tuple[str, list[int | str]]] = [
+            (self._user_key(user, "conns"), [self._lease_ms, *conn_ids])
+            for user, conn_ids in connections.items()
+        ]
+        if isinstance(self._redis, RedisCluster):
+            # Cluster pipelines refuse scripts: run them concurrently, a bounded number at once.
+            for start in range(0, len(calls), 100):
+                await asyncio.gather(
+                    *(
+                        self._renew(keys=[key], args=args)
+                        for key, args in calls[start : start + 100]
+                    )
                 )
-            await pipe.execute()
+            return
+        if calls:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, args in calls:
+                    await self._renew(keys=[key], args=args, client=pipe)
+                await pipe.execute()

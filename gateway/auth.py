@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from redis.asyncio import Redis
-
+from gateway.redis_client import AnyRedis
 from gateway.session import Session, SessionError, parse_session, session_digest, token_problem
 
 __all__ = ["AuthFailure", "SessionStore"]
@@ -23,7 +22,7 @@ class AuthFailure(Exception):
 class SessionStore:
     """Reads sessions; never logs or returns the token."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: AnyRedis, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
 

@@ -97,6 +97,7 @@ class RedisConfig:
     tls_verify: bool = True
     connect_timeout_s: float = 5.0
     max_retries: int = 3
+    cluster: bool = False
     explicit: bool = False
 
     @property
@@ -161,6 +162,12 @@ def load_redis_config(env: Mapping[str, str]) -> RedisConfig:
         paths[name] = value
     if paths["REDIS_TLS_KEY_PATH"] and not paths["REDIS_TLS_CERT_PATH"]:
         raise ConfigError("REDIS_TLS_KEY_PATH is set without REDIS_TLS_CERT_PATH: set both")
+    cluster = _get(env, "REDIS_CLUSTER", False, _parse_bool)
+    if cluster and config.db != 0:
+        raise ConfigError(
+            "REDIS_CLUSTER=true but a database other than 0 is selected: Redis Cluster has "
+            "only database 0; remove the /N from REDIS_URL or REDIS_DB"
+        )
     return dataclasses.replace(
         config,
         tls=tls,
@@ -175,6 +182,7 @@ def load_redis_config(env: Mapping[str, str]) -> RedisConfig:
             lambda n, r: _parse_int(n, r, minimum=1) / 1000,
         ),
         max_retries=_get(env, "REDIS_MAX_RETRIES", 3, lambda n, r: _parse_int(n, r, minimum=0)),
+        cluster=cluster,
     )
 
 

@@ -45,7 +45,7 @@ from gateway.session import (
     SubscribeChannel,
     UnsubscribeChannel,
 )
-from gateway.subscriber import Subscriber
+from gateway.subscriber import Readiness
 
 __all__ = ["ClientConnection", "ConnectionHandler"]
 
@@ -121,7 +121,7 @@ class ConnectionHandler:
         self,
         settings: GatewaySettings,
         registry: Registry,
-        subscriber: Subscriber,
+        subscriber: Readiness,
         sessions: SessionStore,
         admission: AdmissionControl,
         history: HistoryReader,

@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_RETENTION_S",
     "ENVELOPE_PREFIX",
     "PUBLISH_SCRIPT",
+    "READ_SCRIPT",
     "Envelope",
     "HistoryKeys",
     "Position",
@@ -37,7 +38,9 @@ DEFAULT_RETENTION_S = 24 * 3600
 ENVELOPE_PREFIX = b"\x00ngh1 "
 _EPOCH = re.compile(r"[0-9a-f]{1,32}")
 
-# KEYS: meta, stream. ARGV: channel, payload, maxlen, retention seconds, candidate epoch.
+# KEYS: meta, stream. ARGV: channel, payload, maxlen, retention seconds, candidate epoch,
+# and the publish command: PUBLISH, or SPUBLISH on a cluster (the channel hashes to the slot
+# of its own keys, whose hash tag is the channel).
 PUBLISH_SCRIPT = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -50,7 +53,15 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'd', ARGV[2]
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 local envelope = '\\0ngh1 ' .. offset .. ' ' .. epoch .. ' ' .. ARGV[2]
-return {redis.call('PUBLISH', ARGV[1], envelope), offset, epoch}
+return {redis.call(ARGV[6] or 'PUBLISH', ARGV[1], envelope), offset, epoch}
+"""
+
+# KEYS: meta, stream. ARGV: first stream id wanted ('' for none), most entries.
+# One script rather than MULTI: it runs the same on a single Redis and on a cluster.
+READ_SCRIPT = """
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+if ARGV[1] == '' then return {meta, {}} end
+return {meta, redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])}
 """
 
 

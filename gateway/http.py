@@ -1,14 +1,15 @@
 """Plain HTTP endpoints served on the WebSocket port, through ``process_request``.
 
 Each route is a function of the request returning a response; :func:`text_response`,
-:func:`json_response` and :func:`bytes_response` build the usual ones, and
-:func:`bearer_protected` guards a route with a static bearer token.
+:func:`json_response` and :func:`bytes_response` build the usual ones, :func:`asset_route`
+serves a static file, and :func:`bearer_protected` guards a route with a static bearer token.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
 
 import orjson
@@ -20,6 +21,7 @@ from websockets.http11 import Request, Response
 __all__ = [
     "WS_PATH",
     "Route",
+    "asset_route",
     "bearer_protected",
     "bytes_response",
     "json_response",
@@ -35,23 +37,32 @@ log = structlog.get_logger("gateway.http")
 
 
 def bytes_response(
-    status: HTTPStatus, body: bytes, content_type: str, extra: tuple[tuple[str, str], ...] = ()
+    status: HTTPStatus,
+    body: bytes,
+    content_type: str,
+    *,
+    cache: str = "no-store",
+    headers: Sequence[tuple[str, str]] = (),
 ) -> Response:
-    headers = Headers(
+    # A 304 must not claim a length other than the one a 200 would have (RFC 9110, 8.6).
+    length = [] if status is HTTPStatus.NOT_MODIFIED else [("Content-Length", str(len(body)))]
+    all_headers = Headers(
         [
             ("Content-Type", content_type),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-store"),
-            *extra,
+            *length,
+            ("Cache-Control", cache),
+            # Browsers must not guess another type (e.g. run a text reply as a script).
+            ("X-Content-Type-Options", "nosniff"),
+            *headers,
         ]
     )
-    return Response(status.value, status.phrase, headers, body)
+    return Response(status.value, status.phrase, all_headers, body)
 
 
 def text_response(
-    status: HTTPStatus, body: str, extra: tuple[tuple[str, str], ...] = ()
+    status: HTTPStatus, body: str, *, headers: Sequence[tuple[str, str]] = ()
 ) -> Response:
-    return bytes_response(status, body.encode(), "text/plain; charset=utf-8", extra)
+    return bytes_response(status, body.encode(), "text/plain; charset=utf-8", headers=headers)
 
 
 def json_response(status: HTTPStatus, obj: object) -> Response:
@@ -81,10 +92,27 @@ def bearer_protected(token: str | None, route: Route) -> Route:
         return text_response(
             HTTPStatus.UNAUTHORIZED,
             "unauthorized: send 'Authorization: Bearer <GATEWAY_ADMIN_TOKEN>'\n",
-            (("WWW-Authenticate", challenge),),
+            headers=(("WWW-Authenticate", challenge),),
         )
 
     return guarded
+
+
+def asset_route(
+    body: bytes, content_type: str, *, headers: Sequence[tuple[str, str]] = ()
+) -> Route:
+    """Serve ``body`` (read once by the caller); browsers revalidate it with its ETag."""
+    etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+    headers = (("ETag", etag), *headers)
+
+    def route(request: Request) -> Response:
+        if etag in request.headers.get("If-None-Match", ""):
+            return bytes_response(
+                HTTPStatus.NOT_MODIFIED, b"", content_type, cache="no-cache", headers=headers
+            )
+        return bytes_response(HTTPStatus.OK, body, content_type, cache="no-cache", headers=headers)
+
+    return route
 
 
 def make_process_request(

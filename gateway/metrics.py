@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import collections
 from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -35,9 +36,8 @@ from prometheus_client.metrics_core import (
 from gateway import __version__
 from gateway.connection import ConnectionHandler
 from gateway.registry import Registry
-from gateway.subscriber import Subscriber
 
-__all__ = ["CONTENT_TYPE", "GatewayMetrics", "LoopHistogram"]
+__all__ = ["CONTENT_TYPE", "GatewayMetrics", "LoopHistogram", "RedisLink"]
 
 # The classic text format every Prometheus version reads (generate_latest writes it).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -48,6 +48,19 @@ FANOUT_BUCKETS = (
 )  # fmt: skip
 # From a failed handshake (milliseconds) to a tab left open all day.
 DURATION_BUCKETS = (0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
+
+
+class RedisLink(Protocol):
+    """The pub/sub side as metrics and /status read it (one connection, or one per node)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def reconnects(self) -> int: ...
+
+    @property
+    def ping_latency_s(self) -> float | None: ...
 
 
 class LoopHistogram:
@@ -105,7 +118,7 @@ class GatewayMetrics:
         self.close_codes["none" if code is None else str(code)] += 1
         self.connection_seconds.observe(duration_s)
 
-    def track(self, registry: Registry, handler: ConnectionHandler, subscriber: Subscriber) -> None:
+    def track(self, registry: Registry, handler: ConnectionHandler, subscriber: RedisLink) -> None:
         """Expose the counters these objects keep, read at each scrape."""
         self.registry.register(_StateCollector(self, registry, handler, subscriber))
 
@@ -122,7 +135,7 @@ class _StateCollector:
         metrics: GatewayMetrics,
         registry: Registry,
         handler: ConnectionHandler,
-        subscriber: Subscriber,
+        subscriber: RedisLink,
     ) -> None:
         self._metrics = metrics
         self._registry = registry

@@ -8,11 +8,11 @@ from collections.abc import Callable, Sequence
 
 import orjson
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.history import HistoryKeys, Position
+from gateway.history import READ_SCRIPT, HistoryKeys, Position
 from gateway.protocol import message_frame
+from gateway.redis_client import AnyRedis
 
 __all__ = ["HistoryReader", "Recoverer", "Replay"]
 
@@ -31,20 +31,19 @@ class Replay:
 class HistoryReader:
     """Reads ``meta`` and the stream in one MULTI (both keys live in one slot)."""
 
-    def __init__(self, redis: Redis, prefix: str, max_replay: int) -> None:
+    def __init__(self, redis: AnyRedis, prefix: str, max_replay: int) -> None:
         self._redis = redis
         self._prefix = prefix
         self._max_replay = max_replay
+        self._read = redis.register_script(READ_SCRIPT)
 
     async def read(self, channel: str, since: Position | None) -> Replay | None:
         """None when the channel has no history; else its position and what ``since`` missed."""
         keys = HistoryKeys.for_channel(self._prefix, channel)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(keys.meta, ["epoch", "offset"])
-            if since is not None:
-                first = f"{since.offset + 1}-0"
-                pipe.xrange(keys.stream, min=first, max="+", count=self._max_replay + 1)
-            results = await pipe.execute()
+        first = "" if since is None else f"{since.offset + 1}-0"
+        results = await self._read(
+            keys=[keys.meta, keys.stream], args=[first, self._max_replay + 1]
+        )
         epoch, offset = results[0]
         if epoch is None or offset is None:
             return None
@@ -54,13 +53,13 @@ class HistoryReader:
         missed = latest.offset - since.offset
         if since.epoch != latest.epoch or missed < 0 or missed > self._max_replay:
             return Replay(latest, False, [])
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = results[1][:missed]
+        entries: list[tuple[bytes, list[bytes]]] = results[1][:missed]  # (id, [field, value])
         offsets = [int(entry_id.split(b"-")[0]) for entry_id, _ in entries]
         if offsets != list(range(since.offset + 1, latest.offset + 1)):
             return Replay(latest, False, [])  # trimmed or expired: the window has moved on
         channel_json = orjson.dumps(channel)
         frames = [
-            message_frame(channel_json, fields[b"d"], number, latest.epoch)
+            message_frame(channel_json, fields[1], number, latest.epoch)
             for number, (_, fields) in zip(offsets, entries, strict=True)
         ]
         return Replay(latest, True, frames)

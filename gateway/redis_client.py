@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnection
-from redis.asyncio.retry import Retry
+import redis
+import redis.asyncio
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from gateway.config import RedisConfig
 
-__all__ = ["async_redis", "redis_kwargs"]
+__all__ = ["AnyRedis", "async_cluster", "async_redis", "redis_kwargs", "sync_redis"]
+
+#: A single Redis (or Sentinel-managed master) or a Redis Cluster.
+AnyRedis = redis.asyncio.Redis | RedisCluster
 
 
 def redis_kwargs(config: RedisConfig) -> dict[str, Any]:
@@ -40,19 +46,55 @@ def redis_kwargs(config: RedisConfig) -> dict[str, Any]:
     return kwargs
 
 
-def async_redis(config: RedisConfig, max_connections: int = 32) -> Redis:
+def _blocking_pool_kwargs(
+    config: RedisConfig, max_connections: int, retry: Retry | AsyncRetry
+) -> dict[str, Any]:
+    """Keyword arguments of a ``BlockingConnectionPool`` (sync or asyncio) minus the class."""
+    kwargs = redis_kwargs(config)
+    kwargs.pop("ssl", None)  # a pool takes connection_class=SSLConnection instead
+    return {
+        **kwargs,
+        "max_connections": max_connections,
+        "timeout": max(config.connect_timeout_s, 5.0),
+        "retry": retry,
+    }
+
+
+def _backoff() -> ExponentialWithJitterBackoff:
+    return ExponentialWithJitterBackoff(base=0.05, cap=1.0)
+
+
+def async_cluster(config: RedisConfig) -> RedisCluster:
+    """A Redis Cluster client: follows MOVED redirections and refreshes its slot map."""
+    kwargs = {k: v for k, v in redis_kwargs(config).items() if k != "db"}
+    return RedisCluster(
+        **kwargs, retry=AsyncRetry(_backoff(), config.max_retries), max_connections=32
+    )
+
+
+def async_redis(config: RedisConfig, max_connections: int = 32) -> redis.asyncio.Redis:
     """An asyncio client with jittered retries on transient errors.
 
     The pool blocks when all its connections are busy, so a burst of thousands of
     reconnecting clients queues for Redis instead of failing with "too many connections".
     """
-    kwargs = redis_kwargs(config)
-    retries = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), config.max_retries)
-    pool = BlockingConnectionPool(
-        connection_class=SSLConnection if config.tls else Connection,
-        max_connections=max_connections,
-        timeout=max(config.connect_timeout_s, 5.0),
-        **{k: v for k, v in kwargs.items() if k != "ssl"},
-        retry=retries,
+    pool = redis.asyncio.BlockingConnectionPool(
+        connection_class=redis.asyncio.SSLConnection if config.tls else redis.asyncio.Connection,
+        **_blocking_pool_kwargs(
+            config, max_connections, AsyncRetry(_backoff(), config.max_retries)
+        ),
     )
-    return Redis.from_pool(pool)  # closing the client closes its pool
+    return redis.asyncio.Redis.from_pool(pool)  # closing the client closes its pool
+
+
+def sync_redis(config: RedisConfig, max_connections: int = 32) -> redis.Redis:
+    """A blocking, thread-safe client with jittered retries on transient errors.
+
+    As with :func:`async_redis`, threads beyond ``max_connections`` wait for a
+    connection instead of failing.
+    """
+    pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]  # untyped in redis-py
+        connection_class=redis.SSLConnection if config.tls else redis.Connection,
+        **_blocking_pool_kwargs(config, max_connections, Retry(_backoff(), config.max_retries)),
+    )
+    return redis.Redis.from_pool(pool)

@@ -111,6 +111,10 @@ class Registry:
 
     # -- queries -----------------------------------------------------------
 
+    @property
+    def internal_channels(self) -> set[str]:
+        return {name.decode() for name in self._internal}
+
     def _clients_channels(self) -> set[str]:
         return self._active.keys() | self._waiting.keys() | self._joining.keys()
 
@@ -227,6 +231,24 @@ class Registry:
         self._gap.update(self._active.keys() | self._joining.keys())
         self._state = dict.fromkeys(self._clients_channels(), _State.SUBSCRIBING)
 
+    def on_lost(self, channels: Iterable[str]) -> list[str]:
+        """Part of the subscriptions is gone (one cluster node): return those still wanted.
+
+        The caller subscribes them again wherever they now live; their readers then get
+        a recovery or a ``gap``, as after a full reconnect.
+        """
+        wanted = []
+        for channel in channels:
+            self._recovering.pop(channel, None)
+            if not self._wanted(channel):
+                self._state.pop(channel, None)
+                continue
+            self._state[channel] = _State.SUBSCRIBING
+            if self._active.get(channel) or self._joining.get(channel):
+                self._gap.add(channel)
+            wanted.append(channel)
+        return wanted
+
     def on_subscribed(self, channel: str) -> None:
         if not self._wanted(channel):
             self._state[channel] = _State.UNSUBSCRIBING
@@ -278,6 +300,9 @@ class Registry:
 
     def on_unsubscribed(self, channel: str) -> None:
         if self._wanted(channel):
+            if self._state.get(channel) is _State.SUBSCRIBED:
+                # Not asked for: Redis dropped it (a cluster slot moved); messages may be lost.
+                self._gap.add(channel)
             self._request(channel)
         else:
             self._state.pop(channel, None)

@@ -15,7 +15,9 @@ from websockets.typing import Origin
 
 from gateway.admission import AdmissionControl
 from gateway.auth import SessionStore
+from gateway.browser import browser_routes
 from gateway.channels import CONTROL_CHANNEL
+from gateway.cluster import ClusterSubscriber
 from gateway.config import GatewaySettings
 from gateway.connection import ConnectionHandler
 from gateway.history import Position
@@ -29,7 +31,7 @@ from gateway.http import (
 )
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.recovery import HistoryReader, Recoverer
-from gateway.redis_client import async_redis
+from gateway.redis_client import AnyRedis, async_cluster, async_redis
 from gateway.registry import Registry
 from gateway.status import status_report
 from gateway.subscriber import Subscriber
@@ -51,13 +53,25 @@ class Gateway:
             on_resubscribed=self._on_resubscribed,
             observe_fanout=self.metrics.fanout_seconds.observe,
         )
-        self.subscriber = Subscriber(
-            settings.redis,
-            self.registry,
-            ping_interval_s=settings.redis_ping_s,
-            ping_timeout_s=settings.redis_ping_timeout_s,
-        )
-        self.redis = async_redis(settings.redis)
+        self.redis: AnyRedis
+        self.subscriber: Subscriber | ClusterSubscriber
+        if settings.redis.cluster:
+            self.redis = async_cluster(settings.redis)
+            self.subscriber = ClusterSubscriber(
+                settings.redis,
+                self.registry,
+                self.redis,
+                ping_interval_s=settings.redis_ping_s,
+                ping_timeout_s=settings.redis_ping_timeout_s,
+            )
+        else:
+            self.redis = async_redis(settings.redis)
+            self.subscriber = Subscriber(
+                settings.redis,
+                self.registry,
+                ping_interval_s=settings.redis_ping_s,
+                ping_timeout_s=settings.redis_ping_timeout_s,
+            )
         self.history = HistoryReader(self.redis, settings.history_prefix, settings.max_replay)
         self.recoverer = Recoverer(self.history, self.registry.finish_recovery)
         self.handler = ConnectionHandler(
@@ -129,6 +143,7 @@ class Gateway:
             "/readyz": readyz,
             "/metrics": bearer_protected(admin, metrics),
             "/status": bearer_protected(admin, status),
+            **browser_routes(),
         }
 
     async def start(self) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 from gateway import __version__
 from gateway.config import GatewaySettings
 from gateway.connection import ConnectionHandler
+from gateway.metrics import RedisLink
 from gateway.registry import Registry
-from gateway.subscriber import Subscriber
 
 __all__ = ["TOP_CHANNELS", "status_report"]
 
@@ -21,7 +21,7 @@ def status_report(
     settings: GatewaySettings,
     registry: Registry,
     handler: ConnectionHandler,
-    subscriber: Subscriber,
+    subscriber: RedisLink,
     *,
     started_at: str,
     uptime_s: float,

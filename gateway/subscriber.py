@@ -18,17 +18,41 @@ import asyncio
 import dataclasses
 import random
 from collections import deque
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import hiredis
 import structlog
 
 from gateway.config import RedisConfig
-from gateway.registry import Registry
 
 __all__ = ["Backoff", "PubSubProtocol", "RedisReplyError", "Subscriber"]
 
 log = structlog.get_logger("gateway.subscriber")
+
+
+class PubSubListener(Protocol):
+    """Where a pub/sub connection reports: the registry, or a cluster node standing for it."""
+
+    def on_message(self, channel: bytes, payload: bytes) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def on_subscribed(self, channel: str) -> None: ...
+
+    def on_unsubscribed(self, channel: str) -> None: ...
+
+    def on_subscribe_refused(self, channels: list[str], message: str) -> None: ...
+
+    def on_connected(self, redis: PubSubProtocol) -> None: ...
+
+    def on_disconnected(self) -> None: ...
+
+
+class Readiness(Protocol):
+    """Whether the process can deliver: its pub/sub connection(s) are up."""
+
+    @property
+    def ready(self) -> bool: ...
 
 
 class RedisReplyError(Exception):
@@ -44,10 +68,18 @@ class _Pending:
 
 
 class PubSubProtocol(asyncio.Protocol):
-    """RESP2 pub/sub connection: replies in order, messages to the registry."""
+    """RESP2 pub/sub connection: replies in order, messages to the registry.
 
-    def __init__(self, registry: Registry) -> None:
+    With ``sharded`` it speaks Redis 7 sharded pub/sub (SSUBSCRIBE, ``smessage``) to one
+    cluster node instead.
+    """
+
+    def __init__(self, registry: PubSubListener, *, sharded: bool = False) -> None:
         self._registry = registry
+        prefix = b"s" if sharded else b""
+        self._message = prefix + b"message"
+        self._confirmations = (prefix + b"subscribe", prefix + b"unsubscribe")
+        self._commands = ("SSUBSCRIBE", "SUNSUBSCRIBE") if sharded else ("SUBSCRIBE", "UNSUBSCRIBE")
         self._reader = hiredis.Reader()
         self._expect: deque[asyncio.Future[Any] | _Pending] = deque()
         self._transport: asyncio.Transport | None = None
@@ -71,9 +103,10 @@ class PubSubProtocol(asyncio.Protocol):
         reader = self._reader
         reader.feed(data)
         registry = self._registry
+        message = self._message
         try:
             while (reply := reader.gets()) is not False:
-                if type(reply) is list and reply[0] == b"message":
+                if type(reply) is list and reply[0] == message:
                     registry.on_message(reply[1], reply[2])
                 else:
                     self._on_reply(reply)
@@ -84,14 +117,15 @@ class PubSubProtocol(asyncio.Protocol):
             registry.flush()
 
     def _on_reply(self, reply: Any) -> None:
-        if type(reply) is list and reply and reply[0] in (b"subscribe", b"unsubscribe"):
+        subscribed = self._confirmations[0]
+        if type(reply) is list and reply and reply[0] in self._confirmations:
             kind, channel = reply[0], reply[1].decode("utf-8", "replace")
             head = self._expect[0] if self._expect else None
             if isinstance(head, _Pending) and head.kind == kind:
                 head.channels.remove(channel) if channel in head.channels else None
                 if not head.channels:
                     self._expect.popleft()
-            if kind == b"subscribe":
+            if kind == subscribed:
                 self._registry.on_subscribed(channel)
             else:
                 self._registry.on_unsubscribed(channel)
@@ -102,7 +136,7 @@ class PubSubProtocol(asyncio.Protocol):
         head = self._expect.popleft()
         if isinstance(head, _Pending):
             message = str(reply) if isinstance(reply, hiredis.ReplyError) else "unexpected reply"
-            if head.kind == b"subscribe":
+            if head.kind == subscribed:
                 self._registry.on_subscribe_refused(head.channels, message)
             return
         if head.done():
@@ -130,13 +164,13 @@ class PubSubProtocol(asyncio.Protocol):
 
     def subscribe(self, channels: list[str]) -> None:
         if self._transport is not None:
-            self._expect.append(_Pending(b"subscribe", list(channels)))
-            self._write("SUBSCRIBE", *channels)
+            self._expect.append(_Pending(self._confirmations[0], list(channels)))
+            self._write(self._commands[0], *channels)
 
     def unsubscribe(self, channels: list[str]) -> None:
         if self._transport is not None:
-            self._expect.append(_Pending(b"unsubscribe", list(channels)))
-            self._write("UNSUBSCRIBE", *channels)
+            self._expect.append(_Pending(self._confirmations[1], list(channels)))
+            self._write(self._commands[1], *channels)
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -173,13 +207,15 @@ class Subscriber:
     def __init__(
         self,
         config: RedisConfig,
-        registry: Registry,
+        registry: PubSubListener,
         *,
         ping_interval_s: float = 1.0,
         ping_timeout_s: float = 2.0,
+        sharded: bool = False,
     ) -> None:
         self._config = config
         self._registry = registry
+        self._sharded = sharded
         self._ping_interval_s = ping_interval_s
         self._ping_timeout_s = ping_timeout_s
         self._protocol: PubSubProtocol | None = None
@@ -200,7 +236,7 @@ class Subscriber:
         """Open and authenticate one connection; raises on any failure."""
         config = self._config
         loop = asyncio.get_running_loop()
-        protocol = PubSubProtocol(self._registry)
+        protocol = PubSubProtocol(self._registry, sharded=self._sharded)
         ssl_context = config.ssl_context()
         async with asyncio.timeout(config.connect_timeout_s):
             await loop.create_connection(

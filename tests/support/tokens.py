@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import secrets
 
-__all__ = ["ISSUED", "new_token"]
+__all__ = ["ISSUED", "issued", "new_token"]
 
 ISSUED: set[str] = set()
 
 
 def new_token() -> str:
-    token = secrets.token_urlsafe(24)
+    return issued(secrets.token_urlsafe(24))
+
+
+def issued(token: str) -> str:
+    """Record a token issued elsewhere (the publisher library, the CLI) for the log check."""
     ISSUED.add(token)
     return token

@@ -15,6 +15,7 @@ from websockets.exceptions import ConnectionClosed
 __all__ = [
     "close_code",
     "connect_authed",
+    "connect_subscribed",
     "http_fetch",
     "http_get",
     "recv_json",
@@ -49,6 +50,15 @@ async def connect_authed(
     welcome = await recv_json(ws)
     assert welcome["type"] == "welcome", welcome
     return ws, welcome
+
+
+async def connect_subscribed(url: str, token: str, *channels: str) -> ClientConnection:
+    """An authenticated connection whose subscriptions Redis has confirmed."""
+    ws, _ = await connect_authed(url, token)
+    for channel in channels:
+        reply = await request(ws, {"type": "subscribe", "channel": channel})
+        assert reply["type"] == "subscribed", reply
+    return ws
 
 
 async def close_code(ws: ClientConnection, timeout_s: float = TIMEOUT_S) -> int | None:
