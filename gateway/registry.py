@@ -358,10 +358,10 @@ class Registry:
         if recovering is not None:
             recovering.append((offset, frame))
             return
-        if not self._batch:
-            self._batch_started = time.perf_counter()
         batch = self._batch.get(name)
         if batch is None:
+            if not self._batch:  # the batch's first message starts the fan-out clock
+                self._batch_started = time.perf_counter()
             self._batch[name] = [frame]
         else:
             batch.append(frame)
