@@ -144,6 +144,16 @@ class ClusterSubscriber:
             and all(node.protocol is not None for node in self._nodes.values() if node.channels)
         )
 
+    @property
+    def ping_latency_s(self) -> float | None:
+        """The slowest connected node's last heartbeat round trip (for /status and /metrics)."""
+        latencies = [
+            node.subscriber.ping_latency_s
+            for node in self._nodes.values()
+            if node.protocol is not None and node.subscriber.ping_latency_s is not None
+        ]
+        return max(latencies, default=None)
+
     async def wait_ready(self) -> None:
         await self._ready.wait()
         while not self.ready:  # noqa: ASYNC110 - a condition over every node's connection

@@ -367,6 +367,8 @@ class GatewaySettings:
     log_level: str = "info"
     log_format: str = "json"
     workers: int = 1
+    #: bearer token guarding /metrics and /status; None leaves them open
+    admin_token: str | None = dataclasses.field(default=None, repr=False)
     limits: Limits = dataclasses.field(default_factory=Limits)
     admission: Admission = dataclasses.field(default_factory=Admission)
 
@@ -435,6 +437,25 @@ def parse_workers(name: str, raw: str) -> int:
             f"{name}={raw!r} is not valid: use auto (one per CPU) or a number "
             f"from 1 to {MAX_WORKERS}"
         ) from None
+
+
+MIN_ADMIN_TOKEN_LENGTH = 16
+
+
+def _parse_admin_token(name: str, raw: str) -> str:
+    # Never echo the value: it is a secret.
+    token = raw.strip()
+    if not (token.isascii() and token.isprintable()) or " " in token:
+        raise ConfigError(
+            f"{name} must be printable ASCII without spaces (it travels in an HTTP header): "
+            "generate one with `openssl rand -hex 32`"
+        )
+    if len(token) < MIN_ADMIN_TOKEN_LENGTH:
+        raise ConfigError(
+            f"{name} is too short ({len(token)} characters): use at least "
+            f"{MIN_ADMIN_TOKEN_LENGTH}, e.g. `openssl rand -hex 32`"
+        )
+    return token
 
 
 def load_settings(env: Mapping[str, str]) -> GatewaySettings:
@@ -510,5 +531,6 @@ def load_settings(env: Mapping[str, str]) -> GatewaySettings:
         ),
         log_format=_get(env, "GATEWAY_LOG_FORMAT", "json", _parse_choice(("json", "console"))),
         workers=_get(env, "GATEWAY_WORKERS", defaults.workers, parse_workers),
+        admin_token=_get(env, "GATEWAY_ADMIN_TOKEN", None, _parse_admin_token),
         limits=limits,
     )

@@ -10,6 +10,7 @@ client whose unsent bytes pass the buffer limit is closed with 4008.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import secrets
 from typing import cast
@@ -91,7 +92,15 @@ class ClientConnection:
         transport.write(data)
         buffered = transport.get_write_buffer_size()
         if buffered > self._max_buffer:
-            log.warning("slow_consumer", buffered_bytes=buffered, limit_bytes=self._max_buffer)
+            # Named explicitly: the fan-out runs outside the connection's contextvars.
+            log.warning(
+                "slow_consumer",
+                conn=self.conn_id,
+                user=self.session.session.user_id,
+                buffered_bytes=buffered,
+                limit_bytes=self._max_buffer,
+            )
+            self._closer.slow_consumers += 1
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: outgoing buffer limit reached")
 
     def subscription_refused(self, channel: str, message: str) -> None:
@@ -129,6 +138,9 @@ class ConnectionHandler:
         self._open: dict[str, set[ClientConnection]] = {}
         self.sockets = 0  # every WebSocket, authenticated or not (the global cap)
         self.connections = 0  # authenticated ones
+        # Plain counters, read by gateway.metrics at scrape time.
+        self.slow_consumers = 0
+        self.auth_failures: collections.Counter[str] = collections.Counter()
 
     def close_later(self, ws: ServerConnection, code: CloseCode, reason: str) -> None:
         """Start a close handshake from synchronous code (the fan-out path)."""
@@ -208,6 +220,7 @@ class ConnectionHandler:
             refusal = await self._admission.admit(session.user_id, conn_id)
         except AuthFailure as exc:
             log.info("auth_failed", reason=exc.reason, remote=_remote(ws))
+            self.auth_failures[exc.reason] += 1
             reason = _AUTH_REASONS.get(
                 exc.reason, "unauthorized: unknown, expired or invalid session"
             )

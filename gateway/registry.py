@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import heapq
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
@@ -84,11 +86,14 @@ class Registry:
         *,
         max_message_bytes: int = 1024 * 1024,
         on_resubscribed: Callable[[str, Position], None] | None = None,
+        observe_fanout: Callable[[float], None] | None = None,
     ) -> None:
         # Gateway-to-gateway channels, always subscribed, handled here, never fanned out.
         self._internal = {name.encode(): handler for name, handler in (internal or {}).items()}
         self._max_message_bytes = max_message_bytes
         self._on_resubscribed = on_resubscribed
+        # Called once per batch with the seconds from its first message to its last write.
+        self._observe_fanout = observe_fanout
         self._active: dict[str, set[Sink]] = {}  # live readers
         self._waiting: dict[str, dict[Sink, asyncio.Future[None]]] = {}  # Redis not confirmed
         self._joining: dict[str, dict[Sink, Buffered]] = {}  # confirmed, not activated
@@ -98,6 +103,7 @@ class Registry:
         self._gap: set[str] = set()
         self._positions: dict[str, Position] = {}  # last history offset seen per channel
         self._batch: dict[str, list[bytes]] = {}
+        self._batch_started = 0.0
         self._names: dict[bytes, tuple[str, bytes]] = {}  # raw channel -> (name, JSON)
         self.messages_received = 0
         self.messages_dropped = 0
@@ -119,6 +125,24 @@ class Registry:
 
     def subscribers(self, channel: str) -> int:
         return sum(len(t.get(channel, ())) for t in (self._active, self._waiting, self._joining))
+
+    # Scrape-time queries: linear in the number of channels, never on the fan-out path.
+
+    @property
+    def redis_channel_count(self) -> int:
+        """Channels Redis has confirmed on the subscriber connection (control channel included)."""
+        return sum(1 for state in self._state.values() if state is _State.SUBSCRIBED)
+
+    @property
+    def subscription_count(self) -> int:
+        """Client subscriptions: one per (client, channel) pair, live or joining."""
+        tables = (self._active, self._waiting, self._joining)
+        return sum(len(members) for table in tables for members in table.values())
+
+    def top_channels(self, n: int) -> list[tuple[str, int]]:
+        """The ``n`` channels with the most subscribers, most first, then by name; none empty."""
+        counts = ((-self.subscribers(c), c) for c in self._clients_channels())
+        return [(c, -negative) for negative, c in heapq.nsmallest(n, counts) if negative]
 
     def _wanted(self, channel: str) -> bool:
         return (
@@ -343,6 +367,8 @@ class Registry:
             return
         batch = self._batch.get(name)
         if batch is None:
+            if not self._batch:  # the batch's first message starts the fan-out clock
+                self._batch_started = time.perf_counter()
             self._batch[name] = [frame]
         else:
             batch.append(frame)
@@ -353,6 +379,11 @@ class Registry:
         if not batch:
             return
         self._batch = {}
+        self._write(batch)
+        if self._observe_fanout is not None:
+            self._observe_fanout(time.perf_counter() - self._batch_started)
+
+    def _write(self, batch: dict[str, list[bytes]]) -> None:
         active = self._active
         if len(batch) == 1:
             ((channel, frames),) = batch.items()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import time
 from http import HTTPStatus
 
 import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
-from websockets.asyncio.server import Server, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 from websockets.typing import Origin
 
@@ -23,10 +25,19 @@ from gateway.config import GatewaySettings
 from gateway.connection import ConnectionHandler
 from gateway.diagnose import RedisSetupError, diagnose
 from gateway.history import Position
-from gateway.http import Route, make_process_request, text_response
+from gateway.http import (
+    Route,
+    bearer_protected,
+    bytes_response,
+    json_response,
+    make_process_request,
+    text_response,
+)
+from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.recovery import HistoryReader, Recoverer
 from gateway.redis_client import AnyRedis, async_cluster, async_redis
 from gateway.registry import Registry
+from gateway.status import status_report
 from gateway.subscriber import Backoff, Subscriber
 
 __all__ = ["Gateway"]
@@ -43,10 +54,12 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, *, reuse_port: bool = False) -> None:
         self.settings = settings
         self._reuse_port = reuse_port
+        self.metrics = GatewayMetrics()
         self.registry = Registry(
             {CONTROL_CHANNEL: self._on_control},
             max_message_bytes=settings.limits.max_message_bytes,
             on_resubscribed=self._on_resubscribed,
+            observe_fanout=self.metrics.fanout_seconds.observe,
         )
         self.redis: AnyRedis
         self.subscriber: Subscriber | ClusterSubscriber
@@ -79,6 +92,7 @@ class Gateway:
             ),
             self.history,
         )
+        self.metrics.track(self.registry, self.handler, self.subscriber)
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
@@ -86,6 +100,8 @@ class Gateway:
         self.setup_failed: asyncio.Future[RedisSetupError] = (
             asyncio.get_running_loop().create_future()
         )
+        self._started_at = datetime.datetime.now(datetime.UTC)
+        self._started = time.monotonic()
 
     @property
     def port(self) -> int:
@@ -100,6 +116,14 @@ class Gateway:
     def _on_resubscribed(self, channel: str, since: Position) -> None:
         self.recoverer.start(channel, since)
 
+    async def _handle(self, ws: ServerConnection) -> None:
+        """Serve one connection, then count its close code and lifetime."""
+        started = time.monotonic()
+        try:
+            await self.handler(ws)
+        finally:
+            self.metrics.connection_closed(ws.close_code, time.monotonic() - started)
+
     def _routes(self) -> dict[str, Route]:
         def healthz(_request: Request) -> Response:
             return text_response(HTTPStatus.OK, "ok\n")
@@ -111,7 +135,28 @@ class Gateway:
                 HTTPStatus.SERVICE_UNAVAILABLE, "Redis subscriber connection is down\n"
             )
 
-        return {"/healthz": healthz, "/readyz": readyz, **browser_routes()}
+        def metrics(_request: Request) -> Response:
+            return bytes_response(HTTPStatus.OK, self.metrics.exposition(), CONTENT_TYPE)
+
+        def status(_request: Request) -> Response:
+            report = status_report(
+                self.settings,
+                self.registry,
+                self.handler,
+                self.subscriber,
+                started_at=self._started_at.isoformat(timespec="seconds"),
+                uptime_s=time.monotonic() - self._started,
+            )
+            return json_response(HTTPStatus.OK, report)
+
+        admin = self.settings.admin_token
+        return {
+            "/healthz": healthz,
+            "/readyz": readyz,
+            "/metrics": bearer_protected(admin, metrics),
+            "/status": bearer_protected(admin, status),
+            **browser_routes(),
+        }
 
     def _watch_setup(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self.setup_failed.done():
@@ -169,7 +214,7 @@ class Gateway:
             # Browsers always send Origin; services without one are not a CSWSH vector.
             origins = [*(Origin(o) for o in settings.admission.allowed_origins), None]
         self._server = await serve(
-            self.handler,
+            self._handle,
             settings.host,
             settings.port,
             process_request=make_process_request(self._routes()),

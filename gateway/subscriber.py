@@ -227,6 +227,8 @@ class Subscriber:
         self._ready = asyncio.Event()
         self.backoff = Backoff()
         self.reconnects = 0
+        #: round trip of the last heartbeat PING, for /status and /metrics
+        self.ping_latency_s: float | None = None
 
     @property
     def ready(self) -> bool:
@@ -322,6 +324,7 @@ class Subscriber:
             done, _ = await asyncio.wait({protocol.lost}, timeout=self._ping_interval_s)
             if done:
                 break
+            sent = asyncio.get_running_loop().time()
             pong = protocol.request("PING")
             try:
                 await asyncio.wait_for(asyncio.shield(pong), self._ping_timeout_s)
@@ -330,6 +333,7 @@ class Subscriber:
                 return f"no PONG within {self._ping_timeout_s:g}s"
             except (ConnectionError, RedisReplyError):
                 break
+            self.ping_latency_s = asyncio.get_running_loop().time() - sent
         exc = protocol.lost.result() if protocol.lost.done() else None
         if exc is not None:
             return _describe(exc)

@@ -229,3 +229,34 @@ async def test_refused_subscription_fails_the_join() -> None:
     with pytest.raises(SubscriptionRefused, match="NOPERM"):
         await joined
     assert registry.channel_count == 0
+
+
+async def test_fanout_is_timed_once_per_batch_not_per_delivery() -> None:
+    timings: list[float] = []
+    registry, _ = setup(observe_fanout=timings.append)
+    for _ in range(50):
+        await live(registry, RecordingSink(), "x")
+    registry.flush()  # nothing from Redis: no observation
+    assert timings == []
+    for payload in (b"1", b"2", b"3"):
+        registry.on_message(b"x", payload)
+    registry.flush()
+    assert len(timings) == 1
+    assert timings[0] >= 0
+    assert registry.deliveries == 150
+
+
+async def test_scrape_time_counts_and_top_channels() -> None:
+    registry, _ = setup(internal={"internal": lambda _payload: None})
+    registry.on_subscribed("internal")
+    a, b, c = RecordingSink(), RecordingSink(), RecordingSink()
+    for sink in (a, b, c):
+        await live(registry, sink, "busy")
+    await live(registry, a, "quiet")
+    pending = registry.join(b, "pending")  # Redis has not confirmed yet
+    assert registry.subscription_count == 5
+    assert registry.redis_channel_count == 3  # "internal", "busy" and "quiet"
+    assert registry.top_channels(2) == [("busy", 3), ("pending", 1)]
+    # The internal channel has no subscribers: it is not listed.
+    assert registry.top_channels(10) == [("busy", 3), ("pending", 1), ("quiet", 1)]
+    pending.cancel()

@@ -16,6 +16,7 @@ __all__ = [
     "close_code",
     "connect_authed",
     "connect_subscribed",
+    "http_fetch",
     "http_get",
     "recv_json",
     "request",
@@ -80,16 +81,24 @@ async def wait_until(
             await asyncio.sleep(step_s)
 
 
-async def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    """GET over a real HTTP client; returns (status, body) for any status."""
+async def http_fetch(
+    url: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], str]:
+    """GET over a real HTTP client; returns (status, headers, body) for any status."""
 
-    def fetch() -> tuple[int, str]:
+    def fetch() -> tuple[int, dict[str, str], str]:
         req = urllib.request.Request(url, headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=TIMEOUT_S) as response:
-                return response.status, response.read().decode()
+                return response.status, dict(response.headers), response.read().decode()
         except urllib.error.HTTPError as error:
             with error:
-                return error.code, error.read().decode()
+                return error.code, dict(error.headers), error.read().decode()
 
     return await asyncio.to_thread(fetch)
+
+
+async def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """GET over a real HTTP client; returns (status, body) for any status."""
+    status, _headers, body = await http_fetch(url, headers)
+    return status, body
