@@ -7,6 +7,7 @@ from typing import Any
 import redis
 import redis.asyncio
 import redis.cluster
+import redis.sentinel
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -149,6 +150,26 @@ def sync_redis(config: RedisConfig, max_connections: int = 32) -> redis.Redis:
     As with :func:`async_redis`, threads beyond ``max_connections`` wait for a
     connection instead of failing.
     """
+    if config.sentinels:
+        kwargs = redis_kwargs(config)
+        for key in ("host", "port"):
+            del kwargs[key]
+        assert config.sentinel_master is not None
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            config.sentinels,
+            sentinel_kwargs={
+                "password": config.sentinel_password,
+                "socket_connect_timeout": config.connect_timeout_s,
+                "socket_timeout": config.connect_timeout_s,
+            },
+        )
+        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            config.sentinel_master,
+            max_connections=max_connections,
+            retry=Retry(_backoff(), config.max_retries),
+            **kwargs,
+        )
+        return client
     pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]  # untyped in redis-py
         connection_class=redis.SSLConnection if config.tls else redis.Connection,
         **_blocking_pool_kwargs(config, max_connections, Retry(_backoff(), config.max_retries)),

@@ -11,8 +11,9 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import RedisError
 
+from clients import AsyncPublisher, Publisher
+from clients.errors import PublisherError
 from gateway.config import ConfigError, load_redis_config, load_settings
 from gateway.sentinel import SentinelError, master_address
 from gateway.server import Gateway
@@ -124,11 +125,14 @@ async def test_failover_during_delivery_sends_gap_then_messages_from_the_new_mas
     await gateway.start()
     sent = 0
 
+    # The publisher library follows the failover too, configured like the gateway.
+    library = AsyncPublisher.from_env({"REDIS_SENTINELS": group.addresses, **SENTINEL_ENV})
+
     async def publish_forever() -> None:
         nonlocal sent
         while True:
-            with contextlib.suppress(RedisError, OSError):
-                await master.publish("public:failover", orjson.dumps(sent))
+            with contextlib.suppress(PublisherError):
+                await library.publish("public:failover", sent)
                 sent += 1
             await asyncio.sleep(0.02)
 
@@ -157,9 +161,15 @@ async def test_failover_during_delivery_sends_gap_then_messages_from_the_new_mas
             await other.close()
         base = f"http://127.0.0.1:{gateway.port}"
         assert await http_get(f"{base}/readyz") == (200, "ready\n")
+        publisher.cancel()
+        with Publisher.from_env({"REDIS_SENTINELS": group.addresses, **SENTINEL_ENV}) as sync:
+            assert await asyncio.to_thread(sync.publish, "public:failover", "sync") == 1
+        while (frame := await recv_json(ws))["data"] != "sync":
+            pass
         await ws.close()
     finally:
         publisher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await publisher
+        await library.close()
         await gateway.stop()
