@@ -192,18 +192,17 @@ class ConnectionHandler:
 
     async def _refuse(self, ws: ServerConnection) -> bool:
         """Close ``ws`` when the process cannot take it now; True if it was closed."""
-        bound = log.bind()
         if self.sockets > self._settings.admission.max_connections:
-            bound.warning("connection_refused", reason="gateway_full")
+            log.warning("connection_refused", reason="gateway_full")
             await ws.close(CloseCode.TRY_AGAIN_LATER, "gateway at its connection limit")
             return True
         if not self._subscriber.ready:
-            bound.info("connection_refused", reason="redis_unavailable")
+            log.info("connection_refused", reason="redis_unavailable")
             await ws.close(CloseCode.TRY_AGAIN_LATER, "Redis unavailable; try again later")
             return True
         refusal = await self._admission.check_ip(self._client_ip(ws))
         if refusal is not None:
-            bound.info("connection_refused", reason="ip_attempts", remote=_remote(ws))
+            log.info("connection_refused", reason="ip_attempts", remote=_remote(ws))
             await ws.close(CloseCode.RATE_LIMITED, refusal.value)
             return True
         return False
