@@ -10,19 +10,22 @@ writes through the gateway's raw write path, at every header-length boundary.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as start_server
 from websockets.client import ClientProtocol
-from websockets.frames import Frame, Opcode
+from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from bench.autobahn.echo import port_of, start
 from gateway.protocol import binary_frame, text_frame
+from gateway.writer import FrameWriter
 
 # Payload lengths where the header changes: 7-bit, 16-bit and 64-bit lengths.
 BOUNDARIES = [0, 1, 125, 126, 127, 65535, 65536, 65537]
@@ -51,15 +54,14 @@ def _frame(opcode: Opcode, payload: str | bytes) -> bytes:
     return binary_frame(payload)
 
 
-def _client_reads(data: bytes, cuts: list[int]) -> list[Frame]:
+def _client_reads(data: bytes, cuts: Sequence[int] = ()) -> tuple[ClientProtocol, list[Frame]]:
     """What a websockets client makes of ``data`` arriving in pieces split at ``cuts``."""
     client = ClientProtocol(parse_uri("ws://127.0.0.1/"), state=State.OPEN, max_size=None)
     start_at = 0
     for cut in [*sorted(cuts), len(data)]:
         client.receive_data(data[start_at:cut])
         start_at = cut
-    assert client.state is State.OPEN, client.close_exc  # a bad frame would fail the connection
-    return [event for event in client.events_received() if isinstance(event, Frame)]
+    return client, [event for event in client.events_received() if isinstance(event, Frame)]
 
 
 @given(
@@ -70,7 +72,8 @@ def test_frames_written_back_to_back_parse_as_sent(
     sent: list[tuple[Opcode, str | bytes]], cuts: list[int]
 ) -> None:
     data = b"".join(_frame(opcode, payload) for opcode, payload in sent)
-    frames = _client_reads(data, [cut for cut in cuts if cut <= len(data)])
+    client, frames = _client_reads(data, [cut for cut in cuts if cut <= len(data)])
+    assert client.state is State.OPEN, client.close_exc  # a bad frame would fail the connection
     assert [(f.opcode, f.fin, f.rsv1, f.rsv2, f.rsv3) for f in frames] == [
         (opcode, True, False, False, False) for opcode, _ in sent
     ]
@@ -125,3 +128,40 @@ async def test_echo_endpoint_answers_a_fragmented_message_with_one_message(
     assert await echo_client.recv() == "".join(parts)
     async with asyncio.timeout(5):
         await pong
+
+
+async def test_no_data_frame_follows_the_close_frame() -> None:
+    """A message and a close arrive together: the library answers the close before the
+    handler's echo, and the writer must then drop the echo (RFC 6455 section 5.5.1)."""
+    writers: list[FrameWriter] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        writer = FrameWriter(ws, 1 << 20)
+        writers.append(writer)
+        async for message in ws:
+            writer.send(text_frame(str(message).encode()))
+
+    server = await start_server(handler, "127.0.0.1", 0, compression=None)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        async with asyncio.timeout(5):
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+            close = Frame(Opcode.CLOSE, Close(1000, "").serialize())
+            # One write, so the server reads both frames at once.
+            writer.write(
+                Frame(Opcode.TEXT, b"echo me").serialize(mask=True) + close.serialize(mask=True)
+            )
+            received = await reader.read()  # until the server drops the TCP connection
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    _, frames = _client_reads(received)
+    assert [frame.opcode for frame in frames] == [Opcode.CLOSE]
+    assert Close.parse(frames[0].data).code == 1000
+    assert [w.closed for w in writers] == [True]  # the handler did try to echo
