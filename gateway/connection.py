@@ -2,9 +2,10 @@
 
 The websockets library does the handshake, keepalive pings, reading frames and
 the close handshake. Outgoing data frames are written by :class:`ClientConnection`
-straight to the transport: they are pre-built, unmasked, complete RFC 6455 text
-frames, so one bytes object serves every subscriber. A write never waits; a
-client whose unsent bytes pass the buffer limit is closed with 4008.
+(a :class:`gateway.writer.FrameWriter`) straight to the transport: they are
+pre-built, unmasked, complete RFC 6455 text frames, so one bytes object serves
+every subscriber. A write never waits; a client whose unsent bytes pass the
+buffer limit is closed with 4008.
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ import asyncio
 import collections
 import contextlib
 import secrets
-from typing import cast
 
 import structlog
 from redis.exceptions import RedisError
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
 
 from gateway.admission import AdmissionControl
 from gateway.auth import AuthFailure, SessionStore
@@ -46,6 +45,7 @@ from gateway.session import (
     UnsubscribeChannel,
 )
 from gateway.subscriber import Readiness
+from gateway.writer import FrameWriter
 
 __all__ = ["ClientConnection", "ConnectionHandler"]
 
@@ -61,10 +61,10 @@ _AUTH_REASONS = {
 }
 
 
-class ClientConnection:
+class ClientConnection(FrameWriter):
     """The registry's view of one client: a non-blocking, bounded writer."""
 
-    __slots__ = ("_closer", "_max_buffer", "_transport", "_ws", "closed", "conn_id", "session")
+    __slots__ = ("_closer", "conn_id", "session")
 
     def __init__(
         self,
@@ -74,44 +74,26 @@ class ClientConnection:
         max_buffer: int,
         closer: ConnectionHandler,
     ) -> None:
-        self._ws = ws
-        self._transport = cast(asyncio.WriteTransport, ws.transport)
-        self._max_buffer = max_buffer
+        super().__init__(ws, max_buffer)
         self._closer = closer
         self.conn_id = conn_id
         self.session = session
-        self.closed = False
 
-    def send(self, data: bytes) -> None:
-        if self.closed:
-            return
-        if self._ws.protocol.state is not State.OPEN:
-            self.closed = True  # a close frame was sent: no data frame may follow it
-            return
-        transport = self._transport
-        transport.write(data)
-        buffered = transport.get_write_buffer_size()
-        if buffered > self._max_buffer:
-            # Named explicitly: the fan-out runs outside the connection's contextvars.
-            log.warning(
-                "slow_consumer",
-                conn=self.conn_id,
-                user=self.session.session.user_id,
-                buffered_bytes=buffered,
-                limit_bytes=self._max_buffer,
-            )
-            self._closer.slow_consumers += 1
-            self.close(CloseCode.SLOW_CONSUMER, "slow consumer: outgoing buffer limit reached")
+    def overflow(self, buffered: int) -> None:
+        # Named explicitly: the fan-out runs outside the connection's contextvars.
+        log.warning(
+            "slow_consumer",
+            conn=self.conn_id,
+            user=self.session.session.user_id,
+            buffered_bytes=buffered,
+            limit_bytes=self._max_buffer,
+        )
+        self._closer.slow_consumers += 1
+        super().overflow(buffered)
 
     def subscription_refused(self, channel: str, message: str) -> None:
         self.session.forget([channel])
         self.send(error_frame(ErrorCode.UNAVAILABLE, f"Redis refused {channel!r}: {message}"))
-
-    def close(self, code: CloseCode, reason: str) -> None:
-        """Stop writing and start the close handshake; returns at once."""
-        if not self.closed:
-            self.closed = True
-            self._closer.close_later(self._ws, code, reason)
 
 
 class ConnectionHandler:
@@ -133,7 +115,6 @@ class ConnectionHandler:
         self._admission = admission
         self._history = history
         self._policy = ChannelPolicy(settings.public_channels)
-        self._closing: set[asyncio.Task[None]] = set()
         # Authenticated connections by session digest (revocation, re-checks, leases).
         self._open: dict[str, set[ClientConnection]] = {}
         self.sockets = 0  # every WebSocket, authenticated or not (the global cap)
@@ -141,12 +122,6 @@ class ConnectionHandler:
         # Plain counters, read by gateway.metrics at scrape time.
         self.slow_consumers = 0
         self.auth_failures: collections.Counter[str] = collections.Counter()
-
-    def close_later(self, ws: ServerConnection, code: CloseCode, reason: str) -> None:
-        """Start a close handshake from synchronous code (the fan-out path)."""
-        task = asyncio.get_running_loop().create_task(ws.close(code, reason))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
 
     def on_control(self, payload: bytes) -> None:
         """Handle a control-channel message (see :mod:`gateway.control`)."""

@@ -26,6 +26,7 @@ __all__ = [
     "Ref",
     "Subscribe",
     "Unsubscribe",
+    "binary_frame",
     "encode_frame",
     "error_frame",
     "gap_frame",
@@ -39,6 +40,10 @@ __all__ = [
 Ref = str | int | None
 
 MAX_REF_LENGTH: Final = 64
+
+# First header byte of a complete (FIN set, unfragmented) data frame, by opcode.
+_FIN_TEXT: Final = 0x80 | 0x1
+_FIN_BINARY: Final = 0x80 | 0x2
 
 
 class CloseCode(enum.IntEnum):
@@ -153,14 +158,27 @@ def parse_command(data: str | bytes) -> Command | FrameError:
     )
 
 
-def text_frame(payload: bytes) -> bytes:
-    """Wrap ``payload`` (UTF-8 JSON) in an unmasked, final RFC 6455 text frame."""
+def _data_frame(first_byte: int, payload: bytes) -> bytes:
+    """Prefix ``payload`` with an unmasked RFC 6455 header (servers never mask)."""
     length = len(payload)
     if length < 126:
-        return bytes((0x81, length)) + payload
+        return bytes((first_byte, length)) + payload
     if length < 65536:
-        return struct.pack("!BBH", 0x81, 126, length) + payload
-    return struct.pack("!BBQ", 0x81, 127, length) + payload
+        return struct.pack("!BBH", first_byte, 126, length) + payload
+    return struct.pack("!BBQ", first_byte, 127, length) + payload
+
+
+def text_frame(payload: bytes) -> bytes:
+    """Wrap ``payload`` (UTF-8, e.g. JSON) in an unmasked, final RFC 6455 text frame.
+
+    The caller guarantees valid UTF-8: clients close with 1007 otherwise.
+    """
+    return _data_frame(_FIN_TEXT, payload)
+
+
+def binary_frame(payload: bytes) -> bytes:
+    """Wrap ``payload`` in an unmasked, final RFC 6455 binary frame."""
+    return _data_frame(_FIN_BINARY, payload)
 
 
 def encode_frame(obj: dict[str, object]) -> bytes:
