@@ -97,6 +97,12 @@ async def test_client_kill_type_pubsub(
     server, redis = private
     gateway = await gateway_factory(server.url)
     ws = await subscribed_client(ws_url(gateway), redis)
+
+    async def only_the_subscriber() -> bool:
+        # The start-up ACL check subscribes briefly on a connection of its own.
+        return len(await redis.client_list(_type="pubsub")) == 1
+
+    await wait_until(only_the_subscriber)
     assert await redis.client_kill_filter(_type="pubsub") == 1
     await expect_gap_then_delivery(ws, redis, "public:faults")
     ((_, count),) = await redis.pubsub_numsub("public:faults")
