@@ -19,7 +19,7 @@ run: $(STAMP)
 
 ## test: lint, type-check and run the whole test suite against real redis-server processes
 test: $(STAMP)
-	scripts/system-deps.sh redis-server
+	scripts/system-deps.sh redis-server chromium nginx haproxy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy gateway clients bench

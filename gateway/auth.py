@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
-from redis.asyncio import Redis
-
+from gateway.redis_client import AnyRedis
 from gateway.session import Session, SessionError, parse_session, session_digest, token_problem
 
 __all__ = ["AuthFailure", "SessionStore"]
@@ -22,7 +22,7 @@ class AuthFailure(Exception):
 class SessionStore:
     """Reads sessions; never logs or returns the token."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: AnyRedis, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
 
@@ -31,11 +31,23 @@ class SessionStore:
         problem = token_problem(token)
         if problem is not None:
             raise AuthFailure(problem)
-        raw = await self._redis.get(self._prefix + token)
+        key = self._prefix + token
+        raw = await self._redis.get(key)
         if raw is None:
             raise AuthFailure("unknown_or_expired")
         try:
             session = parse_session(raw if isinstance(raw, bytes) else raw.encode())
         except SessionError as exc:
             raise AuthFailure(exc.reason) from None
-        return dataclasses.replace(session, digest=session_digest(token))
+        return dataclasses.replace(session, digest=session_digest(token), key=key)
+
+    async def missing(self, sessions: Iterable[Session]) -> list[Session]:
+        """The sessions whose keys are gone (deleted or expired), in one round trip."""
+        batch = list(sessions)
+        if not batch:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for session in batch:
+                pipe.exists(session.key)
+            found = await pipe.execute()
+        return [session for session, exists in zip(batch, found, strict=True) if not exists]

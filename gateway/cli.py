@@ -11,14 +11,18 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
+from clients.cli.listen import LISTEN
+from clients.cli.publish import PUBLISH
+from clients.cli.session import SESSION
 from gateway import __version__
 from gateway.commands import Subcommand
 from gateway.config import ConfigError
+from gateway.doctor import DOCTOR
 from gateway.serve import SERVE
 
 __all__ = ["main"]
 
-SUBCOMMANDS: tuple[Subcommand, ...] = (SERVE,)
+SUBCOMMANDS: tuple[Subcommand, ...] = (SERVE, PUBLISH, SESSION, LISTEN, DOCTOR)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -9,18 +9,22 @@ The functions are pure so they are unit-tested with plain dicts.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import ssl
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 __all__ = [
+    "Admission",
     "ConfigError",
     "GatewaySettings",
     "Limits",
     "RedisConfig",
     "load_redis_config",
     "load_settings",
+    "parse_workers",
 ]
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -95,40 +99,136 @@ class RedisConfig:
     tls_verify: bool = True
     connect_timeout_s: float = 5.0
     max_retries: int = 3
+    cluster: bool = False
     explicit: bool = False
+    #: Sentinel mode: the master's address is asked of these on every (re)connect
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_master: str | None = None
+    sentinel_password: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def address(self) -> str:
-        """``host:port``, for messages (IPv6 literals bracketed)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        """``host:port`` (IPv6 literals bracketed), or the Sentinel master name, for messages."""
+        if self.sentinels:
+            return f"{self.sentinel_master} (sentinel)"
+        return _host_port(self.host, self.port)
 
     def url(self, *, redact: bool = True) -> str:
-        """The connection URL; the password is masked unless ``redact`` is false."""
+        """The connection URL; the password is masked unless ``redact`` is false.
+
+        In Sentinel mode this is a ``redis+sentinel://`` description for logs.
+        """
         scheme = "rediss" if self.tls else "redis"
+        if self.sentinels:
+            scheme = "redis+sentinel"
         auth = ""
         if self.password is not None:
             secret = "***" if redact else quote(self.password, safe="")
             auth = f"{quote(self.username or '', safe='')}:{secret}@"
         elif self.username:
             auth = f"{quote(self.username, safe='')}@"
+        if self.sentinels:
+            hosts = ",".join(_host_port(host, port) for host, port in self.sentinels)
+            return f"{scheme}://{auth}{hosts}/{self.sentinel_master}/{self.db}"
         return f"{scheme}://{auth}{self.address}/{self.db}"
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """The TLS context for connections, or None for plaintext."""
+        """The TLS context for connections, or None for plaintext.
+
+        Reads the certificate files, so a missing or unreadable one is a
+        :class:`ConfigError` naming its variable.
+        """
         if not self.tls:
             return None
-        context = ssl.create_default_context(cafile=self.tls_ca_path)
+        try:
+            context = ssl.create_default_context(cafile=self.tls_ca_path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"REDIS_TLS_CA_PATH={self.tls_ca_path}: cannot load a CA certificate from it "
+                f"({_reason(exc)}): point it at a PEM file"
+            ) from None
         if self.tls_cert_path:
-            context.load_cert_chain(self.tls_cert_path, self.tls_key_path)
+            try:
+                context.load_cert_chain(self.tls_cert_path, self.tls_key_path)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(
+                    f"REDIS_TLS_CERT_PATH={self.tls_cert_path} / REDIS_TLS_KEY_PATH="
+                    f"{self.tls_key_path}: cannot load the client certificate and key "
+                    f"({_reason(exc)}): use PEM files that match (the key may be in the "
+                    "certificate file)"
+                ) from None
         if not self.tls_verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
 
 
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or "not a valid certificate"
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_sentinels(name: str, raw: str) -> tuple[tuple[str, int], ...]:
+    sentinels = []
+    for item in _parse_list(raw):
+        host, sep, port = item.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"{name} entry {item!r} is not host:port: use e.g. "
+                "sentinel-1:26379,sentinel-2:26379,sentinel-3:26379"
+            )
+        sentinels.append((host, int(port)))
+    return tuple(sentinels)
+
+
+def _load_sentinel(env: Mapping[str, str], config: RedisConfig) -> RedisConfig:
+    none: tuple[tuple[str, int], ...] = ()
+    sentinels = _get(env, "REDIS_SENTINELS", none, _parse_sentinels)
+    master = env.get("REDIS_SENTINEL_MASTER", "").strip()
+    if not sentinels:
+        if master:
+            raise ConfigError("REDIS_SENTINEL_MASTER is set without REDIS_SENTINELS: set both")
+        return config
+    if not master:
+        raise ConfigError(
+            "REDIS_SENTINELS is set without REDIS_SENTINEL_MASTER: set it to the name the "
+            "sentinels monitor (sentinel monitor <name> ...), e.g. mymaster"
+        )
+    # The master's address comes from the sentinels alone; a second source would be ignored.
+    for name in ("REDIS_URL", "REDIS_HOST", "REDIS_PORT"):
+        if env.get(name, "").strip():
+            raise ConfigError(
+                f"REDIS_SENTINELS and {name} are both set: with Sentinel the master's address "
+                f"comes from the sentinels; unset {name} and use REDIS_USERNAME, "
+                "REDIS_PASSWORD and REDIS_DB for the master's credentials and database"
+            )
+    if config.tls:
+        raise ConfigError("REDIS_TLS is not supported with REDIS_SENTINELS yet: unset one of them")
+    if config.cluster:
+        raise ConfigError(
+            "REDIS_SENTINELS and REDIS_CLUSTER=true are both set: a Redis Cluster fails over by "
+            "itself; unset one of them"
+        )
+    return dataclasses.replace(
+        config,
+        explicit=True,
+        sentinels=sentinels,
+        sentinel_master=master,
+        sentinel_password=env.get("REDIS_SENTINEL_PASSWORD") or None,
+    )
+
+
 def load_redis_config(env: Mapping[str, str]) -> RedisConfig:
-    """Build the Redis settings from ``REDIS_URL`` or the split ``REDIS_*`` variables."""
+    """Build the Redis settings from ``REDIS_URL``, the split ``REDIS_*`` variables, or
+    ``REDIS_SENTINELS``."""
     url = env.get("REDIS_URL", "").strip()
     if url:
         config = _parse_redis_url(url)
@@ -159,13 +259,26 @@ def load_redis_config(env: Mapping[str, str]) -> RedisConfig:
         paths[name] = value
     if paths["REDIS_TLS_KEY_PATH"] and not paths["REDIS_TLS_CERT_PATH"]:
         raise ConfigError("REDIS_TLS_KEY_PATH is set without REDIS_TLS_CERT_PATH: set both")
-    return dataclasses.replace(
+    cluster = _get(env, "REDIS_CLUSTER", False, _parse_bool)
+    if cluster and config.db != 0:
+        raise ConfigError(
+            "REDIS_CLUSTER=true but a database other than 0 is selected: Redis Cluster has "
+            "only database 0; remove the /N from REDIS_URL or REDIS_DB"
+        )
+    tls_verify = _get(env, "REDIS_TLS_REJECT_UNAUTHORIZED", True, _parse_bool)
+    if not tls_verify and not tls:
+        # Whoever turned verification off expected TLS: never carry on in plaintext.
+        raise ConfigError(
+            "REDIS_TLS_REJECT_UNAUTHORIZED=false is set but TLS is off: set REDIS_TLS=true "
+            "or use a rediss:// URL (or remove the variable)"
+        )
+    config = dataclasses.replace(
         config,
         tls=tls,
         tls_ca_path=paths["REDIS_TLS_CA_PATH"],
         tls_cert_path=paths["REDIS_TLS_CERT_PATH"],
         tls_key_path=paths["REDIS_TLS_KEY_PATH"],
-        tls_verify=_get(env, "REDIS_TLS_REJECT_UNAUTHORIZED", True, _parse_bool),
+        tls_verify=tls_verify,
         connect_timeout_s=_get(
             env,
             "REDIS_CONNECT_TIMEOUT",
@@ -173,7 +286,9 @@ def load_redis_config(env: Mapping[str, str]) -> RedisConfig:
             lambda n, r: _parse_int(n, r, minimum=1) / 1000,
         ),
         max_retries=_get(env, "REDIS_MAX_RETRIES", 3, lambda n, r: _parse_int(n, r, minimum=0)),
+        cluster=cluster,
     )
+    return _load_sentinel(env, config)
 
 
 def _parse_redis_url(url: str) -> RedisConfig:
@@ -216,6 +331,19 @@ class Limits:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Admission:
+    """Who may connect: caps counted per process, and per user/IP across instances in Redis."""
+
+    max_connections: int = 100_000
+    max_connections_per_user: int = 20
+    max_attempts_per_user: int = 60
+    max_attempts_per_ip: int = 0  # 0: off (behind a load balancer every client shares an IP)
+    trusted_proxy_header: str | None = None
+    allowed_origins: tuple[str, ...] = ()  # empty: any origin
+    key_prefix: str = "notify-gateway:"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """Everything the gateway process is configured with."""
 
@@ -227,11 +355,61 @@ class GatewaySettings:
     auth_timeout_s: float = 10.0
     heartbeat_s: float = 20.0
     redis_ping_s: float = 1.0
-    redis_ping_timeout_s: float = 3.0
+    redis_ping_timeout_s: float = 2.0
     shutdown_timeout_s: float = 10.0
+    handshake_timeout_s: float = 10.0
+    session_recheck_s: float = 30.0
+    compression: bool = False
+    history_prefix: str = "notify-gateway:history:"
+    history_size: int = 1000  # used by producers publishing with history
+    history_retention_s: int = 24 * 3600
+    max_replay: int = 1000
     log_level: str = "info"
     log_format: str = "json"
+    workers: int = 1
+    #: bearer token guarding /metrics and /status; None leaves them open
+    admin_token: str | None = dataclasses.field(default=None, repr=False)
     limits: Limits = dataclasses.field(default_factory=Limits)
+    admission: Admission = dataclasses.field(default_factory=Admission)
+
+
+def _parse_origins(name: str, raw: str) -> tuple[str, ...]:
+    origins = _parse_list(raw)
+    for origin in origins:
+        scheme, sep, rest = origin.partition("://")
+        if not sep or scheme not in ("http", "https") or not rest or "/" in rest:
+            raise ConfigError(
+                f"{name} entry {origin!r} is not an origin: use scheme://host[:port], "
+                "e.g. https://app.example.com"
+            )
+    return origins
+
+
+def _load_admission(env: Mapping[str, str]) -> Admission:
+    d = Admission()
+    header = env.get("GATEWAY_TRUSTED_PROXY_HEADER", "").strip() or None
+    if header is not None and not re.fullmatch(r"[A-Za-z0-9-]+", header):
+        raise ConfigError(
+            "GATEWAY_TRUSTED_PROXY_HEADER must be a header name such as X-Forwarded-For"
+        )
+    prefix = env.get("GATEWAY_LIMIT_KEY_PREFIX", d.key_prefix)
+    if not prefix:
+        raise ConfigError("GATEWAY_LIMIT_KEY_PREFIX is empty: leave it unset for 'notify-gateway:'")
+
+    def count(name: str, default: int, minimum: int) -> int:
+        return _get(env, name, default, lambda n, r: _parse_int(n, r, minimum=minimum))
+
+    return Admission(
+        max_connections=count("GATEWAY_MAX_CONNECTIONS", d.max_connections, 1),
+        max_connections_per_user=count(
+            "GATEWAY_MAX_CONNECTIONS_PER_USER", d.max_connections_per_user, 1
+        ),
+        max_attempts_per_user=count("GATEWAY_MAX_ATTEMPTS_PER_USER", d.max_attempts_per_user, 1),
+        max_attempts_per_ip=count("GATEWAY_MAX_ATTEMPTS_PER_IP", d.max_attempts_per_ip, 0),
+        trusted_proxy_header=header,
+        allowed_origins=_get(env, "GATEWAY_ALLOWED_ORIGINS", (), _parse_origins),
+        key_prefix=prefix,
+    )
 
 
 def _parse_choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
@@ -242,6 +420,42 @@ def _parse_choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
         return value
 
     return parse
+
+
+#: upper bound of GATEWAY_WORKERS: beyond it a typo is likelier than a machine that big
+MAX_WORKERS = 512
+
+
+def parse_workers(name: str, raw: str) -> int:
+    """A worker count, or ``auto``: the CPUs this process may run on."""
+    if raw.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0))
+    try:
+        return _parse_int(name, raw, minimum=1, maximum=MAX_WORKERS)
+    except ConfigError:
+        raise ConfigError(
+            f"{name}={raw!r} is not valid: use auto (one per CPU) or a number "
+            f"from 1 to {MAX_WORKERS}"
+        ) from None
+
+
+MIN_ADMIN_TOKEN_LENGTH = 16
+
+
+def _parse_admin_token(name: str, raw: str) -> str:
+    # Never echo the value: it is a secret.
+    token = raw.strip()
+    if not (token.isascii() and token.isprintable()) or " " in token:
+        raise ConfigError(
+            f"{name} must be printable ASCII without spaces (it travels in an HTTP header): "
+            "generate one with `openssl rand -hex 32`"
+        )
+    if len(token) < MIN_ADMIN_TOKEN_LENGTH:
+        raise ConfigError(
+            f"{name} is too short ({len(token)} characters): use at least "
+            f"{MIN_ADMIN_TOKEN_LENGTH}, e.g. `openssl rand -hex 32`"
+        )
+    return token
 
 
 def load_settings(env: Mapping[str, str]) -> GatewaySettings:
@@ -294,6 +508,21 @@ def load_settings(env: Mapping[str, str]) -> GatewaySettings:
         heartbeat_s=_get(env, "GATEWAY_HEARTBEAT_SECONDS", defaults.heartbeat_s, _parse_positive),
         redis_ping_s=ping_s,
         redis_ping_timeout_s=ping_timeout_s,
+        handshake_timeout_s=_get(
+            env, "GATEWAY_HANDSHAKE_TIMEOUT", defaults.handshake_timeout_s, _parse_positive
+        ),
+        session_recheck_s=_get(
+            env, "GATEWAY_SESSION_RECHECK_SECONDS", defaults.session_recheck_s, _parse_positive
+        ),
+        compression=_get(env, "GATEWAY_COMPRESSION", "off", _parse_choice(("off", "deflate")))
+        == "deflate",
+        admission=_load_admission(env),
+        history_prefix=env.get("GATEWAY_HISTORY_PREFIX", "").strip() or defaults.history_prefix,
+        history_size=_get(env, "GATEWAY_HISTORY_SIZE", defaults.history_size, integer(1)),
+        history_retention_s=_get(
+            env, "GATEWAY_HISTORY_RETENTION_SECONDS", defaults.history_retention_s, integer(1)
+        ),
+        max_replay=_get(env, "GATEWAY_MAX_REPLAY", defaults.max_replay, integer(1)),
         shutdown_timeout_s=_get(
             env, "GATEWAY_SHUTDOWN_TIMEOUT", defaults.shutdown_timeout_s, _parse_positive
         ),
@@ -301,5 +530,7 @@ def load_settings(env: Mapping[str, str]) -> GatewaySettings:
             env, "GATEWAY_LOG_LEVEL", "info", _parse_choice(("debug", "info", "warning", "error"))
         ),
         log_format=_get(env, "GATEWAY_LOG_FORMAT", "json", _parse_choice(("json", "console"))),
+        workers=_get(env, "GATEWAY_WORKERS", defaults.workers, parse_workers),
+        admin_token=_get(env, "GATEWAY_ADMIN_TOKEN", None, _parse_admin_token),
         limits=limits,
     )

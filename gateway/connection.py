@@ -2,17 +2,18 @@
 
 The websockets library does the handshake, keepalive pings, reading frames and
 the close handshake. Outgoing data frames are written by :class:`ClientConnection`
-straight to the transport: they are pre-built, unmasked, complete RFC 6455 text
-frames, so one bytes object serves every subscriber. A write never waits; a
-client whose unsent bytes pass the buffer limit is closed with 4008.
+(a :class:`gateway.writer.FrameWriter`) straight to the transport: they are
+pre-built, unmasked, complete RFC 6455 text frames, so one bytes object serves
+every subscriber. A write never waits; a client whose unsent bytes pass the
+buffer limit is closed with 4008.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import secrets
-from collections.abc import Awaitable
 from typing import cast
 
 import structlog
@@ -22,12 +23,22 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from gateway.admission import AdmissionControl
 from gateway.auth import AuthFailure, SessionStore
 from gateway.channels import ChannelPolicy
 from gateway.config import GatewaySettings
 from gateway.control import parse_control
-from gateway.protocol import Auth, CloseCode, parse_command, welcome_frame
-from gateway.registry import Registry
+from gateway.protocol import (
+    Auth,
+    CloseCode,
+    ErrorCode,
+    error_frame,
+    parse_command,
+    reply_frame,
+    welcome_frame,
+)
+from gateway.recovery import HistoryReader
+from gateway.registry import Registry, SubscriptionRefused
 from gateway.session import (
     ClientSession,
     Close,
@@ -36,11 +47,15 @@ from gateway.session import (
     SubscribeChannel,
     UnsubscribeChannel,
 )
-from gateway.subscriber import Subscriber
+from gateway.subscriber import Readiness
+from gateway.writer import FrameWriter
 
 __all__ = ["ClientConnection", "ConnectionHandler"]
 
 log = structlog.get_logger("gateway.connection")
+
+#: How long a subscribe may wait for Redis to confirm (e.g. while it reconnects).
+SUBSCRIBE_TIMEOUT_S = 10.0
 
 _AUTH_REASONS = {
     "auth_timeout": "unauthorized: no auth frame within the auth timeout",
@@ -49,38 +64,42 @@ _AUTH_REASONS = {
 }
 
 
-class ClientConnection:
+class ClientConnection(FrameWriter):
     """The registry's view of one client: a non-blocking, bounded writer."""
 
-    __slots__ = ("_closer", "_max_buffer", "_pong", "_transport", "_ws", "closed", "session")
+    __slots__ = ("_closer", "_pong", "conn_id", "session")
 
-    def __init__(self, ws: ServerConnection, max_buffer: int, closer: ConnectionHandler) -> None:
-        self._ws = ws
-        self._transport = cast(asyncio.WriteTransport, ws.transport)
-        self._max_buffer = max_buffer
+    def __init__(
+        self,
+        ws: ServerConnection,
+        conn_id: str,
+        session: ClientSession,
+        max_buffer: int,
+        closer: ConnectionHandler,
+    ) -> None:
+        super().__init__(ws, max_buffer)
         self._closer = closer
-        self._pong: Awaitable[float] | None = None
-        self.closed = False
-        self.session: ClientSession | None = None
+        self.conn_id = conn_id
+        self.session = session
+        self._pong: asyncio.Future[float] | None = None
 
-    def send(self, data: bytes) -> None:
-        if self.closed:
-            return
-        if self._ws.protocol.state is not State.OPEN:
-            self.closed = True  # a close frame was sent: no data frame may follow it
-            return
-        transport = self._transport
-        transport.write(data)
-        buffered = transport.get_write_buffer_size()
-        if buffered > self._max_buffer:
-            log.warning("slow_consumer", buffered_bytes=buffered, limit_bytes=self._max_buffer)
-            self.close(CloseCode.SLOW_CONSUMER, "slow consumer: outgoing buffer limit reached")
+    def overflow(self, buffered: int) -> None:
+        # Named explicitly: the fan-out runs outside the connection's contextvars.
+        log.warning(
+            "slow_consumer",
+            conn=self.conn_id,
+            user=self.session.session.user_id,
+            buffered_bytes=buffered,
+            limit_bytes=self._max_buffer,
+        )
+        self._closer.slow_consumers += 1
+        super().overflow(buffered)
 
     async def heartbeat(self) -> None:
         """Ping the client; close it (1011) if it did not answer the previous ping."""
         if self.closed or self._ws.protocol.state is not State.OPEN:
             return
-        if self._pong is not None and not cast(asyncio.Future[float], self._pong).done():
+        if self._pong is not None and not self._pong.done():
             self.close(CloseCode.PING_TIMEOUT, "keepalive ping timeout")
             return
         if self._transport.get_write_buffer_size():
@@ -88,17 +107,11 @@ class ClientConnection:
             # a client that does not read, and the next sweep pings it.
             return
         with contextlib.suppress(ConnectionClosed):  # it closed meanwhile: nothing to ping
-            self._pong = await self._ws.ping()
+            self._pong = cast(asyncio.Future[float], await self._ws.ping())
 
-    def subscription_refused(self, channel: str) -> None:
-        if self.session is not None:
-            self.session.forget([channel])
-
-    def close(self, code: CloseCode, reason: str) -> None:
-        """Stop writing and start the close handshake; returns at once."""
-        if not self.closed:
-            self.closed = True
-            self._closer.close_later(self._ws, code, reason)
+    def subscription_refused(self, channel: str, message: str) -> None:
+        self.session.forget([channel])
+        self.send(error_frame(ErrorCode.UNAVAILABLE, f"Redis refused {channel!r}: {message}"))
 
 
 class ConnectionHandler:
@@ -108,24 +121,25 @@ class ConnectionHandler:
         self,
         settings: GatewaySettings,
         registry: Registry,
-        subscriber: Subscriber,
+        subscriber: Readiness,
         sessions: SessionStore,
+        admission: AdmissionControl,
+        history: HistoryReader,
     ) -> None:
         self._settings = settings
         self._registry = registry
         self._subscriber = subscriber
         self._sessions = sessions
+        self._admission = admission
+        self._history = history
         self._policy = ChannelPolicy(settings.public_channels)
-        self._closing: set[asyncio.Task[None]] = set()
-        # Open connections by session digest, for revocation.
-        self._sessions_open: dict[str, set[ClientConnection]] = {}
-        self.connections = 0
-
-    def close_later(self, ws: ServerConnection, code: CloseCode, reason: str) -> None:
-        """Start a close handshake from synchronous code (the fan-out path)."""
-        task = asyncio.get_running_loop().create_task(ws.close(code, reason))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        # Authenticated connections by session digest (revocation, re-checks, leases).
+        self._open: dict[str, set[ClientConnection]] = {}
+        self.sockets = 0  # every WebSocket, authenticated or not (the global cap)
+        self.connections = 0  # authenticated ones
+        # Plain counters, read by gateway.metrics at scrape time.
+        self.slow_consumers = 0
+        self.auth_failures: collections.Counter[str] = collections.Counter()
 
     async def heartbeat(self) -> None:
         """Ping every client once per heartbeat interval, from this one task.
@@ -138,7 +152,7 @@ class ConnectionHandler:
         interval = self._settings.heartbeat_s
         while True:
             await asyncio.sleep(interval)
-            clients = [client for peers in self._sessions_open.values() for client in peers]
+            clients = [client for peers in self._open.values() for client in peers]
             for count, client in enumerate(clients, 1):
                 await client.heartbeat()
                 if count % 1000 == 0:
@@ -150,26 +164,72 @@ class ConnectionHandler:
         if command is None:
             log.warning("control_message_ignored")
             return
-        clients = self._sessions_open.get(command.digest, ())
+        clients = self._open.get(command.digest, ())
         log.info("session_revoked", connections=len(clients))
         for client in list(clients):
             client.close(CloseCode.UNAUTHORIZED, "session revoked")
 
+    async def upkeep(self) -> None:
+        """Every recheck interval: close sessions gone from Redis, renew connection leases."""
+        while True:
+            await asyncio.sleep(self._settings.session_recheck_s)
+            try:
+                await self.recheck()
+            except RedisError as exc:
+                log.warning("session_recheck_failed", error=type(exc).__name__)
+
+    async def recheck(self) -> None:
+        sessions = [next(iter(clients)).session.session for clients in self._open.values()]
+        for session in await self._sessions.missing(sessions):
+            clients = self._open.get(session.digest, set())
+            log.info("session_expired", connections=len(clients))
+            for client in list(clients):
+                client.close(CloseCode.UNAUTHORIZED, "session expired or deleted")
+        leases: dict[str, list[str]] = {}
+        for clients in self._open.values():
+            for client in clients:
+                if not client.closed:
+                    user = client.session.session.user_id
+                    leases.setdefault(user, []).append(client.conn_id)
+        await self._admission.renew(leases)
+
     async def __call__(self, ws: ServerConnection) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        conn_id = secrets.token_hex(6)
-        # conn and user ride in the task's contextvars, merged into every record:
-        # no bound logger is kept per connection.
-        structlog.contextvars.bind_contextvars(conn=conn_id)
+        self.sockets += 1
+        try:
+            await self._handle(ws)
+        finally:
+            self.sockets -= 1
+
+    async def _refuse(self, ws: ServerConnection) -> bool:
+        """Close ``ws`` when the process cannot take it now; True if it was closed."""
+        if self.sockets > self._settings.admission.max_connections:
+            log.warning("connection_refused", reason="gateway_full")
+            await ws.close(CloseCode.TRY_AGAIN_LATER, "gateway at its connection limit")
+            return True
         if not self._subscriber.ready:
             log.info("connection_refused", reason="redis_unavailable")
             await ws.close(CloseCode.TRY_AGAIN_LATER, "Redis unavailable; try again later")
-            return
+            return True
+        refusal = await self._admission.check_ip(self._client_ip(ws))
+        if refusal is not None:
+            log.info("connection_refused", reason="ip_attempts", remote=_remote(ws))
+            await ws.close(CloseCode.RATE_LIMITED, refusal.value)
+            return True
+        return False
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        conn_id = secrets.token_hex(6)
+        structlog.contextvars.bind_contextvars(conn=conn_id)
         try:
+            if await self._refuse(ws):
+                return
             session = await self._authenticate(ws)
+            refusal = await self._admission.admit(session.user_id, conn_id)
         except AuthFailure as exc:
             log.info("auth_failed", reason=exc.reason, remote=_remote(ws))
+            self.auth_failures[exc.reason] += 1
             reason = _AUTH_REASONS.get(
                 exc.reason, "unauthorized: unknown, expired or invalid session"
             )
@@ -182,29 +242,51 @@ class ConnectionHandler:
         except ConnectionClosed:
             return
         structlog.contextvars.bind_contextvars(user=session.user_id)
+        if refusal is not None:
+            log.info("connection_refused", reason=refusal.name.lower())
+            await ws.close(CloseCode.RATE_LIMITED, refusal.value)
+            return
+        try:
+            await self._run(ws, conn_id, session)
+        finally:
+            with contextlib.suppress(RedisError):
+                await self._admission.release(session.user_id, conn_id)
+            log.info(
+                "connection_closed",
+                code=ws.close_code,
+                duration_s=round(loop.time() - started, 3),
+            )
+
+    async def _run(self, ws: ServerConnection, conn_id: str, session: Session) -> None:
+        loop = asyncio.get_running_loop()
         _release_handshake(ws)
-        client = ClientConnection(ws, self._settings.limits.max_buffer_bytes, self)
         state = ClientSession(session, self._policy, self._settings.limits, loop.time())
-        client.session = state
+        client = ClientConnection(ws, conn_id, state, self._settings.limits.max_buffer_bytes, self)
         self.connections += 1
-        self._sessions_open.setdefault(session.digest, set()).add(client)
+        self._open.setdefault(session.digest, set()).add(client)
         log.info("connection_opened", remote=_remote(ws))
         try:
             client.send(welcome_frame(session.user_id, conn_id, self._settings.heartbeat_s))
             await self._serve(ws, client, state)
         finally:
             self.connections -= 1
-            peers = self._sessions_open[session.digest]
+            peers = self._open[session.digest]
             peers.discard(client)
             if not peers:
-                del self._sessions_open[session.digest]
+                del self._open[session.digest]
             client.closed = True
-            self._registry.unsubscribe(client, state.channels)
-            log.info(
-                "connection_closed",
-                code=ws.close_code,
-                duration_s=round(loop.time() - started, 3),
-            )
+            self._registry.leave(client, state.channels)
+
+    def _client_ip(self, ws: ServerConnection) -> str:
+        header = self._settings.admission.trusted_proxy_header
+        if header is not None and ws.request is not None:
+            # The trusted proxy appends the address it saw: the last entry of the last
+            # line (HAProxy adds a line of its own after any the client sent).
+            values = ws.request.headers.get_all(header)
+            if values and values[-1].strip():
+                return values[-1].split(",")[-1].strip()
+        address = ws.remote_address
+        return str(address[0]) if isinstance(address, tuple) else str(address)
 
     async def _authenticate(self, ws: ServerConnection) -> Session:
         assert ws.request is not None
@@ -235,11 +317,10 @@ class ConnectionHandler:
                 if isinstance(action, Reply):
                     client.send(action.frame)
                 elif isinstance(action, SubscribeChannel):
-                    log.debug("subscribed", channel=action.channel)
-                    registry.subscribe(client, action.channel, action.frame, action.ref)
+                    await self._subscribe(client, state, action)
                 elif isinstance(action, UnsubscribeChannel):
                     log.debug("unsubscribed", channel=action.channel)
-                    registry.unsubscribe(client, [action.channel])
+                    registry.leave(client, [action.channel])
                     client.send(action.frame)
                 elif isinstance(action, Close):
                     log.info("connection_rate_limited")
@@ -247,6 +328,46 @@ class ConnectionHandler:
                     return
         except ConnectionClosed:
             return
+
+    async def _subscribe(
+        self, client: ClientConnection, state: ClientSession, action: SubscribeChannel
+    ) -> None:
+        """Join the channel, recover from ``since`` if asked, then reply and go live."""
+        channel, ref = action.channel, action.ref
+        try:
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+                await self._registry.join(client, channel)
+        except (SubscriptionRefused, TimeoutError) as exc:
+            self._registry.leave(client, [channel])
+            state.forget([channel])
+            message = (
+                f"Redis refused the subscription: {exc}"
+                if isinstance(exc, SubscriptionRefused)
+                else "Redis did not confirm the subscription in time; try again"
+            )
+            client.send(error_frame(ErrorCode.UNAVAILABLE, message, ref))
+            return
+        log.debug("subscribed", channel=channel)
+        replay = None
+        try:
+            replay = await self._history.read(channel, action.since)
+        except RedisError as exc:
+            log.warning("history_read_failed", channel=channel, error=type(exc).__name__)
+        fields: dict[str, object] = {"channel": channel}
+        frames: list[bytes] = []
+        cutoff = None
+        if replay is not None:
+            self._registry.note_position(channel, replay.position)
+            fields.update(offset=replay.position.offset, epoch=replay.position.epoch)
+            if action.since is not None:
+                fields["recovered"] = replay.recovered
+                frames = replay.frames
+                cutoff = replay.position.offset  # buffered copies of what was replayed
+        elif action.since is not None:
+            fields["recovered"] = False
+        reply = reply_frame("subscribed", ref, **fields)
+        tail = self._registry.activate(client, channel, cutoff)
+        client.send(b"".join([reply, *frames, tail]))
 
 
 _NO_HEADERS = Headers()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import socket
 import tempfile
 
 import structlog
 
-__all__ = ["EmbeddedRedis", "EmbeddedRedisError", "redis_answers"]
+from gateway.config import RedisConfig
+
+__all__ = ["EmbeddedRedis", "EmbeddedRedisError", "redis_answers", "redis_or_embedded"]
 
 log = structlog.get_logger("gateway.embedded")
 
@@ -92,3 +95,11 @@ class EmbeddedRedis:
                 await self.process.wait()
             log.info("embedded_redis_stopped", pid=self.process.pid)
         shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+async def redis_or_embedded(config: RedisConfig) -> tuple[RedisConfig, EmbeddedRedis | None]:
+    """``config``, or one pointing at a new embedded Redis when none is configured or local."""
+    if config.explicit or await redis_answers("localhost", config.port):
+        return config, None
+    embedded = await EmbeddedRedis.start()
+    return dataclasses.replace(config, host="127.0.0.1", port=embedded.port), embedded

@@ -1,53 +1,119 @@
 """structlog set-up: one JSON object per line on stdout, secrets redacted.
 
 Configured once by :func:`configure_logging`; modules get loggers with
-``structlog.get_logger(name)`` and bind ``conn``/``user`` per connection.
+``structlog.get_logger(name)`` and bind ``conn``/``user`` per connection. Records
+that libraries send through the standard :mod:`logging` module (websockets,
+asyncio's "Exception in callback", Python warnings) are re-emitted through the
+same processors as events named ``library_log``, so every stdout line has one shape.
+The event names, levels and fields are listed in docs/logging.md (checked by a test).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
 
-__all__ = ["configure_logging", "redact_secrets"]
+__all__ = ["LIBRARY_EVENT", "configure_logging", "redact_secrets"]
 
-_SECRET_KEYS = frozenset({"token", "password", "authorization", "secret", "admin_token"})
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@", re.I)
-_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"']+")
+#: the event name of records from the standard logging module
+LIBRARY_EVENT = "library_log"
+
+MASK = "***"
+
+# Field names that hold secrets whatever their value looks like (matched anywhere in the name).
+_SECRET_KEY = re.compile(r"token|passw|secret|authorization|cookie|api_?key|credential", re.I)
+_SECRET_WORD = r"[\w-]*(?:token|passw|secret|api_?key)[\w-]*"
+# Each pattern's `lead` is kept and what follows it is masked.
+_SCRUBBERS = tuple(
+    re.compile(pattern, re.I)
+    for pattern in (
+        # scheme://user:password@host
+        r"(?P<lead>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?=@)",
+        # an Authorization header, whatever the scheme (Bearer, Basic...)
+        r"(?P<lead>authorization[\"']?\s*[:=]\s*[\"']?)[^\"'\r\n,}]+",
+        # a bearer token anywhere in text
+        r"(?P<lead>\bbearer\s+)[^\s\"',}]+",
+        # token=..., password=... in query strings and key=value text
+        rf"(?P<lead>\b{_SECRET_WORD}=)[^&\s\"',;]+",
+        # "token": "..." inside JSON text (a client frame echoed in an error, say)
+        rf"(?P<lead>\"{_SECRET_WORD}\"\s*:\s*\")[^\"]*",
+    )
+)
 
 
-def _scrub(text: str) -> str:
-    text = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
-    return _BEARER.sub(r"\1***", text)
+@functools.lru_cache(maxsize=512)
+def _secret_key(key: str) -> bool:
+    return _SECRET_KEY.search(key) is not None
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        for pattern in _SCRUBBERS:
+            value = pattern.sub(rf"\g<lead>{MASK}", value)
+        return value
+    if isinstance(value, dict):
+        return {k: MASK if _secret_key(str(k)) else _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(item) for item in value]
+    return value
 
 
 def redact_secrets(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """Mask secret-named fields, passwords in URLs and bearer tokens in strings."""
+    """Mask secret-named fields (nested too), passwords in URLs, and credentials in text."""
     for key, value in event_dict.items():
-        if key.lower() in _SECRET_KEYS:
-            event_dict[key] = "***"
-        elif isinstance(value, str):
+        if _secret_key(key):
+            event_dict[key] = MASK
+        elif isinstance(value, str | dict | list | tuple):
             event_dict[key] = _scrub(value)
     return event_dict
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Send structured events to stdout as JSON lines (or coloured console output)."""
+class _LibraryHandler(logging.Handler):
+    """Re-emits standard :mod:`logging` records as ``library_log`` structlog events."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._log = structlog.get_logger("gateway.library")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Custom numeric levels map to the standard level at or below them.
+        level = min(max(record.levelno // 10 * 10, logging.DEBUG), logging.CRITICAL)
+        try:
+            self._log.log(
+                level,
+                LIBRARY_EVENT,
+                message=record.getMessage().rstrip(),
+                logger=record.name,
+                exc_info=record.exc_info or False,
+            )
+        except Exception:
+            self.handleError(record)
+
+
+def configure_logging(level: str = "info", fmt: str = "json", file: BinaryIO | None = None) -> None:
+    """Send structured events to stdout (or ``file``) as JSON lines, or coloured console output.
+
+    Records of the standard :mod:`logging` module go through the same processors
+    and sink; websockets' own records below WARNING are dropped, as the gateway
+    logs connections itself.
+    """
+    numeric_level = logging.getLevelNamesMapping()[level.upper()]
     renderer: Any
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer()
         logger_factory: Any = structlog.PrintLoggerFactory(sys.stdout)
     else:
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        logger_factory = structlog.BytesLoggerFactory(sys.stdout.buffer)
+        logger_factory = structlog.BytesLoggerFactory(file or sys.stdout.buffer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -57,9 +123,12 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             redact_secrets,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=logger_factory,
         cache_logger_on_first_use=True,
     )
+    root = logging.getLogger()
+    root.handlers[:] = [_LibraryHandler()]
+    root.setLevel(numeric_level)
+    logging.getLogger("websockets").setLevel(max(numeric_level, logging.WARNING))
+    logging.captureWarnings(True)

@@ -14,6 +14,8 @@ from typing import Final
 
 import orjson
 
+from gateway.history import Position, position_problem
+
 __all__ = [
     "Auth",
     "CloseCode",
@@ -24,6 +26,7 @@ __all__ = [
     "Ref",
     "Subscribe",
     "Unsubscribe",
+    "binary_frame",
     "encode_frame",
     "error_frame",
     "gap_frame",
@@ -37,6 +40,10 @@ __all__ = [
 Ref = str | int | None
 
 MAX_REF_LENGTH: Final = 64
+
+# First header byte of a complete (FIN set, unfragmented) data frame, by opcode.
+_FIN_TEXT: Final = 0x80 | 0x1
+_FIN_BINARY: Final = 0x80 | 0x2
 
 
 class CloseCode(enum.IntEnum):
@@ -71,6 +78,7 @@ class Auth:
 class Subscribe:
     channel: str
     ref: Ref
+    since: Position | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -125,7 +133,15 @@ def parse_command(data: str | bytes) -> Command | FrameError:
         channel = obj.get("channel")
         if not isinstance(channel, str):
             return FrameError(ErrorCode.BAD_REQUEST, f"{kind} needs a 'channel' string", ref)
-        return Subscribe(channel, ref) if kind == "subscribe" else Unsubscribe(channel, ref)
+        if kind == "unsubscribe":
+            return Unsubscribe(channel, ref)
+        since = obj.get("since")
+        if since is None:
+            return Subscribe(channel, ref)
+        problem = position_problem(since)
+        if problem is not None:
+            return FrameError(ErrorCode.BAD_REQUEST, problem, ref)
+        return Subscribe(channel, ref, Position(since["offset"], since["epoch"]))
     if kind == "ping":
         return Ping(ref)
     if kind == "auth":
@@ -143,14 +159,27 @@ def parse_command(data: str | bytes) -> Command | FrameError:
     )
 
 
-def text_frame(payload: bytes) -> bytes:
-    """Wrap ``payload`` (UTF-8 JSON) in an unmasked, final RFC 6455 text frame."""
+def _data_frame(first_byte: int, payload: bytes) -> bytes:
+    """Prefix ``payload`` with an unmasked RFC 6455 header (servers never mask)."""
     length = len(payload)
     if length < 126:
-        return bytes((0x81, length)) + payload
+        return bytes((first_byte, length)) + payload
     if length < 65536:
-        return struct.pack("!BBH", 0x81, 126, length) + payload
-    return struct.pack("!BBQ", 0x81, 127, length) + payload
+        return struct.pack("!BBH", first_byte, 126, length) + payload
+    return struct.pack("!BBQ", first_byte, 127, length) + payload
+
+
+def text_frame(payload: bytes) -> bytes:
+    """Wrap ``payload`` (UTF-8, e.g. JSON) in an unmasked, final RFC 6455 text frame.
+
+    The caller guarantees valid UTF-8: clients close with 1007 otherwise.
+    """
+    return _data_frame(_FIN_TEXT, payload)
+
+
+def binary_frame(payload: bytes) -> bytes:
+    """Wrap ``payload`` in an unmasked, final RFC 6455 binary frame."""
+    return _data_frame(_FIN_BINARY, payload)
 
 
 def encode_frame(obj: dict[str, object]) -> bytes:
@@ -182,16 +211,23 @@ def gap_frame(channel: str) -> bytes:
 _MESSAGE_HEAD: Final = b'{"type":"message","channel":'
 
 
-def message_frame(channel_json: bytes, payload: bytes) -> bytes:
+def message_frame(
+    channel_json: bytes, payload: bytes, offset: int | None = None, epoch: str | None = None
+) -> bytes:
     """The delivery frame for one Redis message, built once for all subscribers.
 
     ``channel_json`` is the channel already serialised as a JSON string. The payload
     is embedded verbatim when it is valid JSON, and as a JSON string otherwise
-    (bytes that are not UTF-8 are replaced with U+FFFD).
+    (bytes that are not UTF-8 are replaced with U+FFFD). History messages also carry
+    their ``offset`` and ``epoch``.
     """
     try:
         orjson.loads(payload)
         data = payload
     except orjson.JSONDecodeError:
         data = orjson.dumps(payload.decode("utf-8", "replace"))
-    return text_frame(b"".join((_MESSAGE_HEAD, channel_json, b',"data":', data, b"}")))
+    parts = [_MESSAGE_HEAD, channel_json, b',"data":', data]
+    if offset is not None:
+        parts += [b',"offset":', str(offset).encode(), b',"epoch":', orjson.dumps(epoch)]
+    parts.append(b"}")
+    return text_frame(b"".join(parts))

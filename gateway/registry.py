@@ -6,27 +6,47 @@ reader subscribes, the last one to leave unsubscribes. It does no I/O of its own
 it tells a :class:`RedisCommands` what to send and calls :class:`Sink` methods,
 which never block.
 
+Joining a channel has two steps so that nothing is lost or doubled between a
+subscription and a history read: :meth:`Registry.join` resolves once Redis has
+confirmed; from then on the channel's frames are buffered for the sink until
+:meth:`Registry.activate` hands them over (minus those at or below a history
+offset the caller has already replayed) and makes the sink a live reader.
+
 Fan-out works per batch: the Redis subscriber hands over every message that one
 read from the socket produced (:meth:`Registry.on_message`), then calls
 :meth:`Registry.flush`. Each message is framed once; each sink gets one write per
-batch holding all the frames for its channels, so a burst to 1000 sockets costs
-1000 writes, not 1000 per message.
+batch holding all the frames for its channels.
+
+After the subscriber connection is re-established, a channel whose history
+position is known is recovered (``on_resubscribed`` reads what was missed and
+calls :meth:`Registry.finish_recovery`); any other channel gets a ``gap`` frame.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import Callable, Iterable
+import heapq
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 import orjson
 import structlog
 
-from gateway.protocol import ErrorCode, Ref, error_frame, gap_frame, message_frame
+from gateway.history import ENVELOPE_PREFIX, Position, open_envelope
+from gateway.protocol import gap_frame, message_frame
 
-__all__ = ["RedisCommands", "Registry", "Sink"]
+__all__ = ["RedisCommands", "Registry", "Sink", "SubscriptionRefused"]
 
 log = structlog.get_logger("gateway.registry")
+
+#: A frame and the history offset of its message (None for plain messages).
+Buffered = list[tuple[int | None, bytes]]
+
+
+class SubscriptionRefused(Exception):
+    """Redis answered SUBSCRIBE with an error (an ACL without the channel, say)."""
 
 
 class Sink(Protocol):
@@ -35,8 +55,8 @@ class Sink(Protocol):
     def send(self, data: bytes) -> None:
         """Queue bytes (one or more complete frames) for the client."""
 
-    def subscription_refused(self, channel: str) -> None:
-        """Redis refused the channel; the registry has already sent the error frame."""
+    def subscription_refused(self, channel: str, message: str) -> None:
+        """Redis refused a channel the client was reading (after a reconnect)."""
 
 
 class RedisCommands(Protocol):
@@ -53,6 +73,10 @@ class _State(enum.Enum):
     UNSUBSCRIBING = "unsubscribing"
 
 
+def _after(frames: Buffered, cutoff: int | None) -> list[bytes]:
+    return [f for offset, f in frames if cutoff is None or offset is None or offset > cutoff]
+
+
 class Registry:
     """Who reads which channel, and the Redis subscription state behind it."""
 
@@ -61,19 +85,26 @@ class Registry:
         internal: dict[str, Callable[[bytes], None]] | None = None,
         *,
         max_message_bytes: int = 1024 * 1024,
+        on_resubscribed: Callable[[str, Position], None] | None = None,
+        observe_fanout: Callable[[float], None] | None = None,
     ) -> None:
-        self._max_message_bytes = max_message_bytes
         # Gateway-to-gateway channels, always subscribed, handled here, never fanned out.
         self._internal = {name.encode(): handler for name, handler in (internal or {}).items()}
-        # Sinks that receive the channel's messages (their `subscribed` was sent).
-        self._active: dict[str, set[Sink]] = {}
-        # Sinks waiting for Redis to confirm, with the reply each one gets then.
-        self._waiting: dict[str, dict[Sink, tuple[bytes, Ref]]] = {}
+        self._max_message_bytes = max_message_bytes
+        self._on_resubscribed = on_resubscribed
+        # Called once per batch with the seconds from its first message to its last write.
+        self._observe_fanout = observe_fanout
+        self._active: dict[str, set[Sink]] = {}  # live readers
+        self._waiting: dict[str, dict[Sink, asyncio.Future[None]]] = {}  # Redis not confirmed
+        self._joining: dict[str, dict[Sink, Buffered]] = {}  # confirmed, not activated
+        self._recovering: dict[str, Buffered] = {}  # whole channel, after a reconnect
         self._state: dict[str, _State] = {}
         self._redis: RedisCommands | None = None
         self._gap: set[str] = set()
-        self._batch: dict[bytes, list[bytes]] = {}
-        self._channel_json: dict[bytes, bytes] = {}
+        self._positions: dict[str, Position] = {}  # last history offset seen per channel
+        self._batch: dict[str, list[bytes]] = {}
+        self._batch_started = 0.0
+        self._names: dict[bytes, tuple[str, bytes]] = {}  # raw channel -> (name, JSON)
         self.messages_received = 0
         self.messages_dropped = 0
         self.deliveries = 0
@@ -81,47 +112,98 @@ class Registry:
     # -- queries -----------------------------------------------------------
 
     @property
+    def internal_channels(self) -> set[str]:
+        return {name.decode() for name in self._internal}
+
+    def _clients_channels(self) -> set[str]:
+        return self._active.keys() | self._waiting.keys() | self._joining.keys()
+
+    @property
     def channel_count(self) -> int:
-        """Channels some client reads or waits for."""
-        return len(self._active.keys() | self._waiting.keys())
+        """Channels some client reads or is joining."""
+        return len(self._clients_channels())
 
     def subscribers(self, channel: str) -> int:
-        return len(self._active.get(channel, ())) + len(self._waiting.get(channel, ()))
+        return sum(len(t.get(channel, ())) for t in (self._active, self._waiting, self._joining))
+
+    # Scrape-time queries: linear in the number of channels, never on the fan-out path.
+
+    @property
+    def redis_channel_count(self) -> int:
+        """Channels Redis has confirmed on the subscriber connection (control channel included)."""
+        return sum(1 for state in self._state.values() if state is _State.SUBSCRIBED)
+
+    @property
+    def subscription_count(self) -> int:
+        """Client subscriptions: one per (client, channel) pair, live or joining."""
+        tables = (self._active, self._waiting, self._joining)
+        return sum(len(members) for table in tables for members in table.values())
+
+    def top_channels(self, n: int) -> list[tuple[str, int]]:
+        """The ``n`` channels with the most subscribers, most first, then by name; none empty."""
+        counts = ((-self.subscribers(c), c) for c in self._clients_channels())
+        return [(c, -negative) for negative, c in heapq.nsmallest(n, counts) if negative]
 
     def _wanted(self, channel: str) -> bool:
         return (
             bool(self._active.get(channel))
             or bool(self._waiting.get(channel))
+            or bool(self._joining.get(channel))
             or channel.encode() in self._internal
         )
 
     # -- client side -------------------------------------------------------
 
-    def subscribe(self, sink: Sink, channel: str, reply: bytes, ref: Ref) -> None:
-        """Add ``sink`` to ``channel``; ``reply`` is sent once Redis has confirmed."""
-        readers = self._active.get(channel)
-        if readers is not None and sink in readers:
-            sink.send(reply)
-            return
-        if readers is not None and self._state.get(channel) is _State.SUBSCRIBED:
-            readers.add(sink)
-            sink.send(reply)
-            return
-        self._waiting.setdefault(channel, {})[sink] = (reply, ref)
+    def join(self, sink: Sink, channel: str) -> asyncio.Future[None]:
+        """Start reading ``channel``; the future resolves once Redis has confirmed it.
+
+        It fails with :class:`SubscriptionRefused` when Redis refuses the channel.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._state.get(channel) is _State.SUBSCRIBED:
+            self._joining.setdefault(channel, {})[sink] = []
+            future.set_result(None)
+            return future
+        self._waiting.setdefault(channel, {})[sink] = future
         if channel not in self._state:
             self._request(channel)
+        return future
 
-    def unsubscribe(self, sink: Sink, channels: Iterable[str]) -> None:
+    def activate(self, sink: Sink, channel: str, cutoff: int | None = None) -> bytes:
+        """Make a joined sink a live reader; return the frames buffered meanwhile.
+
+        Frames of history messages at or below ``cutoff`` (already replayed) are left out.
+        """
+        frames = self._joining.get(channel, {}).pop(sink, None)
+        if not self._joining.get(channel, True):
+            del self._joining[channel]
+        if frames is None:
+            return b""  # left, or refused, in the meantime
+        self._active.setdefault(channel, set()).add(sink)
+        return b"".join(_after(frames, cutoff))
+
+    def note_position(self, channel: str, position: Position) -> None:
+        """A history position read at subscribe time, until messages bring newer ones.
+
+        It lets a channel that has carried no message yet be recovered after a reconnect.
+        """
+        self._positions.setdefault(channel, position)
+
+    def leave(self, sink: Sink, channels: Iterable[str]) -> None:
         """Remove ``sink`` from ``channels``; Redis unsubscribes each one nobody reads."""
         released: list[str] = []
         for channel in channels:
-            for table in (self._active, self._waiting):
+            active = self._active.get(channel)
+            if active is not None and sink in active:
+                active.discard(sink)
+                if not active:
+                    del self._active[channel]
+            for table in (self._waiting, self._joining):
                 members = table.get(channel)
                 if members is not None and sink in members:
-                    if isinstance(members, set):
-                        members.discard(sink)
-                    else:
-                        del members[sink]
+                    entry = members.pop(sink)
+                    if isinstance(entry, asyncio.Future):
+                        entry.cancel()
                     if not members:
                         del table[channel]
             if not self._wanted(channel) and self._state.get(channel) is _State.SUBSCRIBED:
@@ -141,17 +223,38 @@ class Registry:
         """A (new) subscriber connection is up: subscribe every wanted channel in one go."""
         self._redis = redis
         internal = {name.decode() for name in self._internal}
-        wanted = sorted(self._active.keys() | self._waiting.keys() | internal)
+        wanted = sorted(
+            self._active.keys() | self._waiting.keys() | self._joining.keys() | internal
+        )
         self._state = dict.fromkeys(wanted, _State.SUBSCRIBING)
         if wanted:
             redis.subscribe(wanted)
 
     def on_disconnected(self) -> None:
-        """The subscriber connection is gone: every active channel may miss messages."""
+        """The subscriber connection is gone: every channel read may miss messages."""
         self._redis = None
         self._batch.clear()
-        self._gap.update(self._active)
-        self._state = dict.fromkeys(self._active.keys() | self._waiting.keys(), _State.SUBSCRIBING)
+        self._recovering.clear()
+        self._gap.update(self._active.keys() | self._joining.keys())
+        self._state = dict.fromkeys(self._clients_channels(), _State.SUBSCRIBING)
+
+    def on_lost(self, channels: Iterable[str]) -> list[str]:
+        """Part of the subscriptions is gone (one cluster node): return those still wanted.
+
+        The caller subscribes them again wherever they now live; their readers then get
+        a recovery or a ``gap``, as after a full reconnect.
+        """
+        wanted = []
+        for channel in channels:
+            self._recovering.pop(channel, None)
+            if not self._wanted(channel):
+                self._state.pop(channel, None)
+                continue
+            self._state[channel] = _State.SUBSCRIBING
+            if self._active.get(channel) or self._joining.get(channel):
+                self._gap.add(channel)
+            wanted.append(channel)
+        return wanted
 
     def on_subscribed(self, channel: str) -> None:
         if not self._wanted(channel):
@@ -160,34 +263,69 @@ class Registry:
                 self._redis.unsubscribe([channel])
             return
         self._state[channel] = _State.SUBSCRIBED
-        readers = self._active.setdefault(channel, set())
+        if channel.encode() in self._internal:
+            return
         if channel in self._gap:
             self._gap.discard(channel)
-            frame = gap_frame(channel)
+            for frames in self._joining.get(channel, {}).values():
+                frames.append((None, gap_frame(channel)))  # joined before the drop
+            position = self._positions.get(channel)
+            if position is not None and self._on_resubscribed is not None:
+                self._recovering[channel] = []
+                self._on_resubscribed(channel, position)
+            else:
+                self._send_gap(channel)
+        joining = self._joining.setdefault(channel, {})
+        for sink, future in self._waiting.pop(channel, {}).items():
+            joining[sink] = []
+            if not future.done():
+                future.set_result(None)
+
+    def _send_gap(self, channel: str) -> None:
+        frame = gap_frame(channel)
+        for sink in self._active.get(channel, ()):
+            sink.send(frame)
+
+    def finish_recovery(self, channel: str, replay: Sequence[bytes] | None, cutoff: int) -> None:
+        """Deliver what a re-subscribed channel missed, then what arrived meanwhile.
+
+        ``replay`` holds the missed frames up to offset ``cutoff``; None means they could
+        not be recovered, and the readers get a ``gap`` frame instead.
+        """
+        buffered = self._recovering.pop(channel, None)
+        if buffered is None:
+            return  # the connection dropped again; a new recovery follows
+        if replay is None:
+            self._send_gap(channel)
+            chunk = b"".join(frame for _, frame in buffered)
+        else:
+            chunk = b"".join([*replay, *_after(buffered, cutoff)])
+        readers = self._active.get(channel, ())
+        if chunk:
             for sink in readers:
-                sink.send(frame)
-        for sink, (reply, _ref) in self._waiting.pop(channel, {}).items():
-            readers.add(sink)
-            sink.send(reply)
+                sink.send(chunk)
 
     def on_unsubscribed(self, channel: str) -> None:
         if self._wanted(channel):
+            if self._state.get(channel) is _State.SUBSCRIBED:
+                # Not asked for: Redis dropped it (a cluster slot moved); messages may be lost.
+                self._gap.add(channel)
             self._request(channel)
         else:
             self._state.pop(channel, None)
-            self._channel_json.pop(channel.encode(), None)
+            self._positions.pop(channel, None)
+            self._names.pop(channel.encode(), None)
 
     def on_subscribe_refused(self, channels: list[str], message: str) -> None:
         """Redis answered SUBSCRIBE with an error (an ACL without the channel, say)."""
-        text = f"Redis refused the subscription: {message}"
         for channel in channels:
             self._state.pop(channel, None)
             self._gap.discard(channel)
-            sinks: list[tuple[Sink, Ref]] = [(s, None) for s in self._active.pop(channel, ())]
-            sinks += [(s, ref) for s, (_reply, ref) in self._waiting.pop(channel, {}).items()]
-            for sink, ref in sinks:
-                sink.send(error_frame(ErrorCode.UNAVAILABLE, text, ref))
-                sink.subscription_refused(channel)
+            for future in self._waiting.pop(channel, {}).values():
+                if not future.done():
+                    future.set_exception(SubscriptionRefused(message))
+            for sink in self._active.pop(channel, set()) | set(self._joining.pop(channel, {})):
+                sink.subscription_refused(channel, message)
 
     def on_message(self, channel: bytes, payload: bytes) -> None:
         """Frame one message into the current batch; sent by :meth:`flush`."""
@@ -196,27 +334,44 @@ class Registry:
             handler(payload)
             return
         self.messages_received += 1
+        named = self._names.get(channel)
+        if named is None:
+            name = channel.decode("utf-8", "replace")
+            named = self._names[channel] = (name, orjson.dumps(name))
+        name, channel_json = named
         if len(payload) > self._max_message_bytes:
             self.messages_dropped += 1
             log.warning(
                 "message_dropped",
                 reason="oversized",
-                channel=channel.decode("utf-8", "replace"),
+                channel=name,
                 size_bytes=len(payload),
                 limit_bytes=self._max_message_bytes,
             )
             return
-        channel_json = self._channel_json.get(channel)
-        if channel_json is None:
-            channel_json = self._channel_json[channel] = orjson.dumps(
-                channel.decode("utf-8", "replace")
-            )
-        frame = message_frame(channel_json, payload)
-        frames = self._batch.get(channel)
-        if frames is None:
-            self._batch[channel] = [frame]
+        offset: int | None = None
+        envelope = open_envelope(payload) if payload[:1] == ENVELOPE_PREFIX[:1] else None
+        if envelope is None:
+            frame = message_frame(channel_json, payload)
         else:
-            frames.append(frame)
+            offset = envelope.offset
+            self._positions[name] = Position(offset, envelope.epoch)
+            frame = message_frame(channel_json, envelope.data, offset, envelope.epoch)
+        joining = self._joining.get(name)
+        if joining:
+            for frames in joining.values():
+                frames.append((offset, frame))
+        recovering = self._recovering.get(name)
+        if recovering is not None:
+            recovering.append((offset, frame))
+            return
+        batch = self._batch.get(name)
+        if batch is None:
+            if not self._batch:  # the batch's first message starts the fan-out clock
+                self._batch_started = time.perf_counter()
+            self._batch[name] = [frame]
+        else:
+            batch.append(frame)
 
     def flush(self) -> None:
         """Write the batch: one write per sink, however many frames it holds."""
@@ -224,10 +379,15 @@ class Registry:
         if not batch:
             return
         self._batch = {}
+        self._write(batch)
+        if self._observe_fanout is not None:
+            self._observe_fanout(time.perf_counter() - self._batch_started)
+
+    def _write(self, batch: dict[str, list[bytes]]) -> None:
         active = self._active
         if len(batch) == 1:
             ((channel, frames),) = batch.items()
-            readers = active.get(channel.decode("utf-8", "replace"))
+            readers = active.get(channel)
             if readers:
                 chunk = frames[0] if len(frames) == 1 else b"".join(frames)
                 for sink in readers:
@@ -236,7 +396,7 @@ class Registry:
             return
         pending: dict[Sink, list[bytes]] = {}
         for channel, frames in batch.items():
-            readers = active.get(channel.decode("utf-8", "replace"))
+            readers = active.get(channel)
             if not readers:
                 continue
             chunk = frames[0] if len(frames) == 1 else b"".join(frames)

@@ -4,20 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import time
 from http import HTTPStatus
 
 import structlog
-from websockets.asyncio.server import Server, serve
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
+from websockets.typing import Origin
 
+from gateway.access import verify_gateway_access
+from gateway.admission import AdmissionControl
 from gateway.auth import SessionStore
+from gateway.browser import browser_routes
 from gateway.channels import CONTROL_CHANNEL
+from gateway.cluster import ClusterSubscriber
 from gateway.config import GatewaySettings
 from gateway.connection import ConnectionHandler
-from gateway.http import Route, make_process_request, text_response
-from gateway.redis_client import async_redis
+from gateway.diagnose import RedisSetupError, diagnose
+from gateway.history import Position
+from gateway.http import (
+    Route,
+    bearer_protected,
+    bytes_response,
+    json_response,
+    make_process_request,
+    text_response,
+)
+from gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from gateway.recovery import HistoryReader, Recoverer
+from gateway.redis_client import AnyRedis, async_cluster, async_redis
 from gateway.registry import Registry
-from gateway.subscriber import Subscriber
+from gateway.status import status_report
+from gateway.subscriber import Backoff, Subscriber
 
 __all__ = ["Gateway"]
 
@@ -25,31 +46,62 @@ log = structlog.get_logger("gateway.server")
 
 
 class Gateway:
-    """One gateway: ``await start()``, serve, ``await stop()``."""
+    """One gateway: ``await start()``, serve, ``await stop()``.
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    ``reuse_port`` lets several worker processes listen on the same port (SO_REUSEPORT).
+    """
+
+    def __init__(self, settings: GatewaySettings, *, reuse_port: bool = False) -> None:
         self.settings = settings
+        self._reuse_port = reuse_port
+        self.metrics = GatewayMetrics()
         self.registry = Registry(
             {CONTROL_CHANNEL: self._on_control},
             max_message_bytes=settings.limits.max_message_bytes,
+            on_resubscribed=self._on_resubscribed,
+            observe_fanout=self.metrics.fanout_seconds.observe,
         )
-        self.subscriber = Subscriber(
-            settings.redis,
-            self.registry,
-            ping_interval_s=settings.redis_ping_s,
-            ping_timeout_s=settings.redis_ping_timeout_s,
-        )
-        self.redis = async_redis(settings.redis)
+        self.redis: AnyRedis
+        self.subscriber: Subscriber | ClusterSubscriber
+        if settings.redis.cluster:
+            self.redis = async_cluster(settings.redis)
+            self.subscriber = ClusterSubscriber(
+                settings.redis,
+                self.registry,
+                self.redis,
+                ping_interval_s=settings.redis_ping_s,
+                ping_timeout_s=settings.redis_ping_timeout_s,
+            )
+        else:
+            self.redis = async_redis(settings.redis)
+            self.subscriber = Subscriber(
+                settings.redis,
+                self.registry,
+                ping_interval_s=settings.redis_ping_s,
+                ping_timeout_s=settings.redis_ping_timeout_s,
+            )
+        self.history = HistoryReader(self.redis, settings.history_prefix, settings.max_replay)
+        self.recoverer = Recoverer(self.history, self.registry.finish_recovery)
         self.handler = ConnectionHandler(
             settings,
             self.registry,
             self.subscriber,
             SessionStore(self.redis, settings.session_prefix),
+            AdmissionControl(
+                self.redis, settings.admission, lease_s=max(10.0, 3 * settings.session_recheck_s)
+            ),
+            self.history,
         )
+        self.metrics.track(self.registry, self.handler, self.subscriber)
         self._server: Server | None = None
-        self._subscriber_task: asyncio.Task[None] | None = None
-        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
+        #: set when Redis refuses the configuration at start (see :meth:`start`)
+        self.setup_failed: asyncio.Future[RedisSetupError] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._started_at = datetime.datetime.now(datetime.UTC)
+        self._started = time.monotonic()
 
     @property
     def port(self) -> int:
@@ -60,6 +112,17 @@ class Gateway:
 
     def _on_control(self, payload: bytes) -> None:
         self.handler.on_control(payload)
+
+    def _on_resubscribed(self, channel: str, since: Position) -> None:
+        self.recoverer.start(channel, since)
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        """Serve one connection, then count its close code and lifetime."""
+        started = time.monotonic()
+        try:
+            await self.handler(ws)
+        finally:
+            self.metrics.connection_closed(ws.close_code, time.monotonic() - started)
 
     def _routes(self) -> dict[str, Route]:
         def healthz(_request: Request) -> Response:
@@ -72,26 +135,101 @@ class Gateway:
                 HTTPStatus.SERVICE_UNAVAILABLE, "Redis subscriber connection is down\n"
             )
 
-        return {"/healthz": healthz, "/readyz": readyz}
+        def metrics(_request: Request) -> Response:
+            return bytes_response(HTTPStatus.OK, self.metrics.exposition(), CONTENT_TYPE)
+
+        def status(_request: Request) -> Response:
+            report = status_report(
+                self.settings,
+                self.registry,
+                self.handler,
+                self.subscriber,
+                started_at=self._started_at.isoformat(timespec="seconds"),
+                uptime_s=time.monotonic() - self._started,
+            )
+            return json_response(HTTPStatus.OK, report)
+
+        admin = self.settings.admin_token
+        return {
+            "/healthz": healthz,
+            "/readyz": readyz,
+            "/metrics": bearer_protected(admin, metrics),
+            "/status": bearer_protected(admin, status),
+            **browser_routes(),
+        }
+
+    def _watch_setup(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self.setup_failed.done():
+            return
+        exc = task.exception()
+        if isinstance(exc, RedisSetupError):
+            found = exc.diagnosis
+            log.error("redis_setup_failed", cause=found.cause, error=found.message)
+            self.setup_failed.set_result(exc)
+
+    async def _check_access(self) -> None:
+        """Once Redis answers, check that its ACL allows everything the gateway does."""
+        if isinstance(self.redis, RedisCluster):
+            # The probes use classic SUBSCRIBE; on a cluster each node reports refusals itself.
+            return
+        backoff = Backoff()
+        while True:
+            await self.subscriber.wait_ready()
+            try:
+                await verify_gateway_access(self.redis, self.settings)
+                return
+            except RedisError as exc:  # LOADING, or Redis went away again: check later
+                delay = backoff.next_delay()
+                log.warning(
+                    "redis_access_unchecked",
+                    error=diagnose(exc, self.settings.redis).message,
+                    retry_in_s=round(delay, 3),
+                )
+                await asyncio.sleep(delay)
 
     async def start(self) -> None:
+        """Listen, and connect to Redis in the background.
+
+        Clients are refused with 1013 until Redis is connected. A configuration
+        error Redis reveals at start (wrong password, ACL refusing a command the
+        gateway needs, untrusted certificate) resolves :attr:`setup_failed`.
+        """
         settings = self.settings
-        self._subscriber_task = asyncio.create_task(self.subscriber.run(), name="redis-subscriber")
-        self._heartbeat_task = asyncio.create_task(self.handler.heartbeat(), name="heartbeat")
+        if settings.redis.tls and not settings.redis.tls_verify:
+            log.warning(
+                "redis_tls_unverified",
+                redis=settings.redis.address,
+                risk="REDIS_TLS_REJECT_UNAUTHORIZED=false: the Redis certificate is not checked, "
+                "anyone on the network path can impersonate Redis",
+            )
+        self._tasks = [
+            asyncio.create_task(self.subscriber.run(), name="redis-subscriber"),
+            asyncio.create_task(self._check_access(), name="redis-access-check"),
+            asyncio.create_task(self.handler.upkeep(), name="session-upkeep"),
+            asyncio.create_task(self.handler.heartbeat(), name="heartbeat"),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(self._watch_setup)
+        origins: list[Origin | None] | None = None
+        if settings.admission.allowed_origins:
+            # Browsers always send Origin; services without one are not a CSWSH vector.
+            origins = [*(Origin(o) for o in settings.admission.allowed_origins), None]
         self._server = await serve(
-            self.handler,
+            self._handle,
             settings.host,
             settings.port,
             process_request=make_process_request(self._routes()),
-            compression=None,
+            origins=origins,
+            compression="deflate" if settings.compression else None,
             max_size=settings.limits.max_frame_bytes,
             # One heartbeat task for all connections (ConnectionHandler.heartbeat)
             # instead of websockets' keepalive task per connection.
             ping_interval=None,
             ping_timeout=None,
             close_timeout=5,
-            open_timeout=10,
+            open_timeout=settings.handshake_timeout_s,
             server_header=None,
+            reuse_port=self._reuse_port,
         )
         log.info("gateway_started", host=settings.host, port=self.port, redis=settings.redis.url())
 
@@ -107,10 +245,11 @@ class Gateway:
                     await self._server.wait_closed()
             except TimeoutError:
                 log.warning("shutdown_deadline_passed", timeout_s=self.settings.shutdown_timeout_s)
-        for task in (self._heartbeat_task, self._subscriber_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self.recoverer.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, RedisSetupError):
+                await task
         await self.redis.aclose()
         log.info("gateway_stopped")

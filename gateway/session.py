@@ -17,6 +17,7 @@ import orjson
 
 from gateway.channels import ChannelPolicy, channel_problem
 from gateway.config import Limits
+from gateway.history import Position
 from gateway.protocol import (
     Auth,
     CloseCode,
@@ -75,6 +76,8 @@ class Session:
     channels: tuple[str, ...] = ()
     #: :func:`session_digest` of the token that opened it (empty until looked up)
     digest: str = ""
+    #: the Redis key it was read from, to re-check it; holds the token, so never shown
+    key: str = dataclasses.field(default="", repr=False)
 
 
 def parse_session(raw: bytes) -> Session:
@@ -124,11 +127,11 @@ class Reply:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SubscribeChannel:
-    """Subscribe in Redis (ref-counted); reply ``frame`` once Redis has confirmed."""
+    """Join the channel (one Redis subscription per channel), recover from ``since``, reply."""
 
     channel: str
-    frame: bytes
     ref: Ref
+    since: Position | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -193,13 +196,12 @@ class ClientSession:
                 return Reply(frame)  # idempotent: nothing to release
             self.channels.discard(channel)
             return UnsubscribeChannel(channel, frame)
-        return self._subscribe(channel, ref)
+        return self._subscribe(channel, ref, command.since)
 
-    def _subscribe(self, channel: str, ref: Ref) -> Action:
-        frame = reply_frame("subscribed", ref, channel=channel)
+    def _subscribe(self, channel: str, ref: Ref, since: Position | None) -> Action:
         if channel in self.channels:
-            # The registry answers once Redis has confirmed, as for the first request.
-            return SubscribeChannel(channel, frame, ref)
+            # Already held: nothing changes, not even a replay.
+            return Reply(reply_frame("subscribed", ref, channel=channel))
         if not self._policy.allows(self.session.user_id, self.session.channels, channel):
             return Reply(
                 error_frame(ErrorCode.FORBIDDEN, f"this session may not read {channel!r}", ref)
@@ -214,7 +216,7 @@ class ClientSession:
                 )
             )
         self.channels.add(channel)
-        return SubscribeChannel(channel, frame, ref)
+        return SubscribeChannel(channel, ref, since)
 
     def forget(self, channels: Iterable[str]) -> None:
         """Drop channels the registry could not subscribe (Redis refused them)."""

@@ -17,22 +17,45 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import socket
 from collections import deque
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import hiredis
 import structlog
 
 from gateway.config import RedisConfig
-from gateway.registry import Registry
+from gateway.diagnose import RedisReplyError, RedisSetupError, diagnose
+from gateway.sentinel import redis_address
 
 __all__ = ["Backoff", "PubSubProtocol", "RedisReplyError", "Subscriber"]
 
 log = structlog.get_logger("gateway.subscriber")
 
 
-class RedisReplyError(Exception):
-    """Redis answered a command with an error reply (NOAUTH, WRONGPASS, NOPERM...)."""
+class PubSubListener(Protocol):
+    """Where a pub/sub connection reports: the registry, or a cluster node standing for it."""
+
+    def on_message(self, channel: bytes, payload: bytes) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def on_subscribed(self, channel: str) -> None: ...
+
+    def on_unsubscribed(self, channel: str) -> None: ...
+
+    def on_subscribe_refused(self, channels: list[str], message: str) -> None: ...
+
+    def on_connected(self, redis: PubSubProtocol) -> None: ...
+
+    def on_disconnected(self) -> None: ...
+
+
+class Readiness(Protocol):
+    """Whether the process can deliver: its pub/sub connection(s) are up."""
+
+    @property
+    def ready(self) -> bool: ...
 
 
 @dataclasses.dataclass(slots=True)
@@ -44,10 +67,18 @@ class _Pending:
 
 
 class PubSubProtocol(asyncio.Protocol):
-    """RESP2 pub/sub connection: replies in order, messages to the registry."""
+    """RESP2 pub/sub connection: replies in order, messages to the registry.
 
-    def __init__(self, registry: Registry) -> None:
+    With ``sharded`` it speaks Redis 7 sharded pub/sub (SSUBSCRIBE, ``smessage``) to one
+    cluster node instead.
+    """
+
+    def __init__(self, registry: PubSubListener, *, sharded: bool = False) -> None:
         self._registry = registry
+        prefix = b"s" if sharded else b""
+        self._message = prefix + b"message"
+        self._confirmations = (prefix + b"subscribe", prefix + b"unsubscribe")
+        self._commands = ("SSUBSCRIBE", "SUNSUBSCRIBE") if sharded else ("SUBSCRIBE", "UNSUBSCRIBE")
         self._reader = hiredis.Reader()
         self._expect: deque[asyncio.Future[Any] | _Pending] = deque()
         self._transport: asyncio.Transport | None = None
@@ -57,12 +88,17 @@ class PubSubProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # lets the OS notice a peer gone without a FIN, as redis-py does
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         for item in self._expect:
             if isinstance(item, asyncio.Future) and not item.done():
-                item.set_exception(ConnectionError("Redis connection lost"))
+                error = ConnectionError("Redis connection lost")
+                error.__cause__ = exc  # a TLS alert, say: what the diagnosis needs
+                item.set_exception(error)
         self._expect.clear()
         if not self.lost.done():
             self.lost.set_result(exc)
@@ -71,9 +107,10 @@ class PubSubProtocol(asyncio.Protocol):
         reader = self._reader
         reader.feed(data)
         registry = self._registry
+        message = self._message
         try:
             while (reply := reader.gets()) is not False:
-                if type(reply) is list and reply[0] == b"message":
+                if type(reply) is list and reply[0] == message:
                     registry.on_message(reply[1], reply[2])
                 else:
                     self._on_reply(reply)
@@ -84,14 +121,15 @@ class PubSubProtocol(asyncio.Protocol):
             registry.flush()
 
     def _on_reply(self, reply: Any) -> None:
-        if type(reply) is list and reply and reply[0] in (b"subscribe", b"unsubscribe"):
+        subscribed = self._confirmations[0]
+        if type(reply) is list and reply and reply[0] in self._confirmations:
             kind, channel = reply[0], reply[1].decode("utf-8", "replace")
             head = self._expect[0] if self._expect else None
             if isinstance(head, _Pending) and head.kind == kind:
                 head.channels.remove(channel) if channel in head.channels else None
                 if not head.channels:
                     self._expect.popleft()
-            if kind == b"subscribe":
+            if kind == subscribed:
                 self._registry.on_subscribed(channel)
             else:
                 self._registry.on_unsubscribed(channel)
@@ -102,7 +140,7 @@ class PubSubProtocol(asyncio.Protocol):
         head = self._expect.popleft()
         if isinstance(head, _Pending):
             message = str(reply) if isinstance(reply, hiredis.ReplyError) else "unexpected reply"
-            if head.kind == b"subscribe":
+            if head.kind == subscribed:
                 self._registry.on_subscribe_refused(head.channels, message)
             return
         if head.done():
@@ -130,13 +168,13 @@ class PubSubProtocol(asyncio.Protocol):
 
     def subscribe(self, channels: list[str]) -> None:
         if self._transport is not None:
-            self._expect.append(_Pending(b"subscribe", list(channels)))
-            self._write("SUBSCRIBE", *channels)
+            self._expect.append(_Pending(self._confirmations[0], list(channels)))
+            self._write(self._commands[0], *channels)
 
     def unsubscribe(self, channels: list[str]) -> None:
         if self._transport is not None:
-            self._expect.append(_Pending(b"unsubscribe", list(channels)))
-            self._write("UNSUBSCRIBE", *channels)
+            self._expect.append(_Pending(self._confirmations[1], list(channels)))
+            self._write(self._commands[1], *channels)
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -173,19 +211,24 @@ class Subscriber:
     def __init__(
         self,
         config: RedisConfig,
-        registry: Registry,
+        registry: PubSubListener,
         *,
         ping_interval_s: float = 1.0,
-        ping_timeout_s: float = 3.0,
+        ping_timeout_s: float = 2.0,
+        sharded: bool = False,
     ) -> None:
         self._config = config
+        self._ssl_context = config.ssl_context()  # a bad certificate file fails here, at once
         self._registry = registry
+        self._sharded = sharded
         self._ping_interval_s = ping_interval_s
         self._ping_timeout_s = ping_timeout_s
         self._protocol: PubSubProtocol | None = None
         self._ready = asyncio.Event()
         self.backoff = Backoff()
         self.reconnects = 0
+        #: round trip of the last heartbeat PING, for /status and /metrics
+        self.ping_latency_s: float | None = None
 
     @property
     def ready(self) -> bool:
@@ -198,13 +241,14 @@ class Subscriber:
         """Open and authenticate one connection; raises on any failure."""
         config = self._config
         loop = asyncio.get_running_loop()
-        protocol = PubSubProtocol(self._registry)
-        ssl_context = config.ssl_context()
+        protocol = PubSubProtocol(self._registry, sharded=self._sharded)
+        ssl_context = self._ssl_context
+        host, port = await redis_address(config)  # asks each sentinel in turn in Sentinel mode
         async with asyncio.timeout(config.connect_timeout_s):
             await loop.create_connection(
                 lambda: protocol,
-                config.host,
-                config.port,
+                host,
+                port,
                 ssl=ssl_context,
                 server_hostname=config.host if ssl_context is not None else None,
             )
@@ -223,22 +267,34 @@ class Subscriber:
         return protocol
 
     async def run(self) -> None:
-        """Connect, serve and reconnect until cancelled."""
+        """Connect, serve and reconnect until cancelled.
+
+        Raises :class:`RedisSetupError` when the very first connection fails for a
+        reason retrying cannot fix (wrong password, ACL, untrusted certificate): at
+        start that is a configuration error. Later the same failures are retried, as
+        an unreachable Redis always is, with the diagnosis logged.
+        """
         loop = asyncio.get_running_loop()
+        connected_once = False
         while True:
             try:
                 protocol = await self.connect()
             except (OSError, TimeoutError, RedisReplyError) as exc:
+                diagnosis = diagnose(exc, self._config)
+                if diagnosis.fatal and not connected_once:
+                    raise RedisSetupError(diagnosis) from exc
                 delay = self.backoff.next_delay()
                 log.warning(
                     "redis_connect_failed",
                     redis=self._config.address,
-                    error=_describe(exc),
+                    cause=diagnosis.cause,
+                    error=diagnosis.message,
                     retry_in_s=round(delay, 3),
                 )
                 await asyncio.sleep(delay)
                 continue
             started = loop.time()
+            connected_once = True
             self._protocol = protocol
             self._registry.on_connected(protocol)
             self._ready.set()
@@ -268,6 +324,7 @@ class Subscriber:
             done, _ = await asyncio.wait({protocol.lost}, timeout=self._ping_interval_s)
             if done:
                 break
+            sent = asyncio.get_running_loop().time()
             pong = protocol.request("PING")
             try:
                 await asyncio.wait_for(asyncio.shield(pong), self._ping_timeout_s)
@@ -276,8 +333,14 @@ class Subscriber:
                 return f"no PONG within {self._ping_timeout_s:g}s"
             except (ConnectionError, RedisReplyError):
                 break
+            self.ping_latency_s = asyncio.get_running_loop().time() - sent
         exc = protocol.lost.result() if protocol.lost.done() else None
-        return _describe(exc) if exc is not None else "connection closed by Redis"
+        if exc is not None:
+            return _describe(exc)
+        return (
+            "closed by Redis (restart, CLIENT KILL, timeout, or the pubsub "
+            "client-output-buffer-limit was exceeded)"
+        )
 
 
 def _describe(exc: BaseException) -> str:

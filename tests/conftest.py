@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 import orjson
@@ -10,11 +9,29 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.config import load_settings
+from gateway.log import configure_logging
 from gateway.server import Gateway
+from tests.support import process
 from tests.support.redis_server import RedisServer
+from tests.support.tokens import ISSUED, new_token
 
 MakeSession = Callable[..., Awaitable[str]]
 MakeGateway = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def token_free_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every gateway log of the run goes to one file; no issued token may appear in it."""
+    path = tmp_path_factory.mktemp("logs") / "gateway.jsonl"
+    with path.open("ab") as sink:
+        configure_logging("debug", "json", file=sink)
+        process.LOG_SINK = sink
+        yield
+        process.LOG_SINK = None
+    text = path.read_text(errors="replace")
+    assert text or not ISSUED, "tokens were issued but no gateway log was captured"
+    leaked = [token for token in ISSUED if token in text]
+    assert not leaked, f"{len(leaked)} session tokens appear in the gateway logs"
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +69,7 @@ def make_session(redis: Redis) -> MakeSession:
     """Store a session the way a backend does; returns its token."""
 
     async def make(user_id: str = "42", *, ttl: int = 60, **fields: object) -> str:
-        token = secrets.token_urlsafe(24)
+        token = new_token()
         await redis.set(f"session:{token}", orjson.dumps({"userId": user_id, **fields}), ex=ttl)
         return token
 

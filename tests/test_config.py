@@ -88,3 +88,23 @@ def test_limits_and_public_channels_from_environment() -> None:
     assert s.limits.max_buffer_bytes == 65536
     assert s.limits.rate_per_second == 5.0
     assert load_settings({"GATEWAY_PUBLIC_CHANNELS": ""}).public_channels == ()
+
+
+def test_admin_token_is_optional_and_kept_out_of_repr() -> None:
+    assert load_settings({}).admin_token is None
+    assert load_settings({"GATEWAY_ADMIN_TOKEN": "  "}).admin_token is None
+    token = "0123456789abcdef0123"
+    settings = load_settings({"GATEWAY_ADMIN_TOKEN": f" {token}\n"})
+    assert settings.admin_token == token
+    assert token not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("value", "fix"),
+    [("short-secret", "at least 16"), ("has spaces in the token value", "without spaces")],
+)
+def test_bad_admin_token_is_named_and_never_echoed(value: str, fix: str) -> None:
+    with pytest.raises(ConfigError, match="GATEWAY_ADMIN_TOKEN") as info:
+        load_settings({"GATEWAY_ADMIN_TOKEN": value})
+    assert fix in str(info.value)
+    assert value not in str(info.value)

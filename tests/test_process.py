@@ -127,3 +127,27 @@ async def test_configuration_errors_exit_2_with_the_variable_named(
     assert "Traceback" not in message
     assert orjson.dumps(message)  # a single readable line
     assert message.count("\n") == 1
+
+
+async def test_second_signal_exits_at_once(
+    processes: list[GatewayProcess], redis_server: RedisServer, make_session: MakeSession
+) -> None:
+    gateway = spawn(processes, {"REDIS_URL": redis_server.url, "GATEWAY_SHUTDOWN_TIMEOUT": "30"})
+    await asyncio.to_thread(gateway.wait_started)
+    ws, _ = await connect_authed(gateway.ws_url, await make_session("stuck"))
+    ws.transport.pause_reading()  # never answers the close handshake: the drain would wait
+    gateway.process.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(gateway.wait_event, "shutdown_requested")
+    gateway.process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(gateway.wait, 3) == 1
+    ws.transport.abort()
+
+
+@pytest.mark.parametrize(("cap", "warned"), [("100", False), ("10000000", True)])
+async def test_file_descriptor_limit_is_checked_at_start(
+    processes: list[GatewayProcess], redis_server: RedisServer, cap: str, warned: bool
+) -> None:
+    gateway = spawn(processes, {"REDIS_URL": redis_server.url, "GATEWAY_MAX_CONNECTIONS": cap})
+    await asyncio.to_thread(gateway.wait_started)
+    events = {r["event"] for r in gateway.records()}
+    assert ("fd_limit_low" in events) is warned

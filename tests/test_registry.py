@@ -1,14 +1,18 @@
-"""Registry bookkeeping: one Redis subscription per channel, batching, gaps, refusals.
+"""Registry bookkeeping: one Redis subscription per channel, joins, batching, gaps, recovery.
 
 The sinks here are recording test doubles of the registry's own client interface; the
-end-to-end behaviour against real Redis and sockets is in test_gateway.py.
+end-to-end behaviour against real Redis and sockets is in test_gateway.py and test_history.py.
 """
 
 from __future__ import annotations
 
-import orjson
+import asyncio
 
-from gateway.registry import Registry
+import orjson
+import pytest
+
+from gateway.history import Position
+from gateway.registry import Registry, SubscriptionRefused
 
 
 class RecordingSink:
@@ -19,20 +23,22 @@ class RecordingSink:
     def send(self, data: bytes) -> None:
         self.writes.append(data)
 
-    def subscription_refused(self, channel: str) -> None:
+    def subscription_refused(self, channel: str, message: str) -> None:
         self.refused.append(channel)
 
     def frames(self) -> list[dict[str, object]]:
-        out = []
-        for data in self.writes:
-            while data:
-                size = data[1]
-                head = 2 if size < 126 else 4
-                if size == 126:
-                    size = int.from_bytes(data[2:4])
-                out.append(orjson.loads(data[head : head + size]))
-                data = data[head + size :]
-        return out
+        return frames_of(b"".join(self.writes))
+
+
+def frames_of(data: bytes) -> list[dict[str, object]]:
+    out = []
+    while data:
+        size, head = data[1], 2
+        if size == 126:
+            size, head = int.from_bytes(data[2:4]), 4
+        out.append(orjson.loads(data[head : head + size]))
+        data = data[head + size :]
+    return out
 
 
 class RecordingRedis:
@@ -46,80 +52,109 @@ class RecordingRedis:
         self.commands.append(("UNSUBSCRIBE", channels))
 
 
-def setup() -> tuple[Registry, RecordingRedis]:
-    registry = Registry()
+def setup(**kwargs: object) -> tuple[Registry, RecordingRedis]:
+    registry = Registry(**kwargs)  # type: ignore[arg-type]
     redis = RecordingRedis()
     registry.on_connected(redis)
     return registry, redis
 
 
-def test_one_subscribe_per_channel_and_reply_after_confirmation() -> None:
+async def live(registry: Registry, sink: RecordingSink, channel: str) -> None:
+    """Join and activate, confirming in Redis's place when needed."""
+    joined = registry.join(sink, channel)
+    if not joined.done():
+        registry.on_subscribed(channel)
+    await joined
+    assert registry.activate(sink, channel) == b""
+
+
+async def test_one_subscribe_per_channel_resolved_by_confirmation() -> None:
     registry, redis = setup()
     a, b = RecordingSink(), RecordingSink()
-    registry.subscribe(a, "news", b"A", 1)
-    registry.subscribe(b, "news", b"B", 2)
+    first, second = registry.join(a, "news"), registry.join(b, "news")
     assert redis.commands == [("SUBSCRIBE", ["news"])]
-    assert a.writes == []
-    assert b.writes == []
+    assert not first.done()
     registry.on_subscribed("news")
-    assert a.writes == [b"A"]
-    assert b.writes == [b"B"]
-    c = RecordingSink()
-    registry.subscribe(c, "news", b"C", 3)
-    assert c.writes == [b"C"]
+    await asyncio.gather(first, second)
+    third = registry.join(RecordingSink(), "news")
+    assert third.done()  # already confirmed: no new command
     assert redis.commands == [("SUBSCRIBE", ["news"])]
 
 
-def test_last_reader_unsubscribes_once() -> None:
+async def test_frames_between_confirmation_and_activation_are_handed_over() -> None:
+    registry, _ = setup()
+    sink = RecordingSink()
+    joined = registry.join(sink, "news")
+    registry.on_subscribed("news")
+    await joined
+    registry.on_message(b"news", b"1")
+    registry.flush()
+    assert sink.writes == []  # not live yet
+    assert [f["data"] for f in frames_of(registry.activate(sink, "news"))] == [1]
+    registry.on_message(b"news", b"2")
+    registry.flush()
+    assert [f["data"] for f in sink.frames()] == [2]
+
+
+async def test_activation_cutoff_drops_replayed_history_only() -> None:
+    registry, _ = setup()
+    sink = RecordingSink()
+    joined = registry.join(sink, "h")
+    registry.on_subscribed("h")
+    await joined
+    for offset in (4, 5, 6):
+        registry.on_message(b"h", b"\x00ngh1 %d e1 %d" % (offset, offset))
+    registry.on_message(b"h", b"plain")
+    frames = frames_of(registry.activate(sink, "h", cutoff=5))
+    assert [(f.get("offset"), f["data"]) for f in frames] == [(6, 6), (None, "plain")]
+    assert frames[0]["epoch"] == "e1"
+
+
+async def test_last_reader_unsubscribes_once() -> None:
     registry, redis = setup()
     a, b = RecordingSink(), RecordingSink()
-    registry.subscribe(a, "news", b"", None)
-    registry.subscribe(b, "news", b"", None)
-    registry.on_subscribed("news")
-    registry.unsubscribe(a, ["news"])
+    await live(registry, a, "news")
+    await live(registry, b, "news")
+    registry.leave(a, ["news"])
     assert redis.commands[-1] == ("SUBSCRIBE", ["news"])
-    registry.unsubscribe(b, ["news"])
+    registry.leave(b, ["news"])
     assert redis.commands[-1] == ("UNSUBSCRIBE", ["news"])
     registry.on_unsubscribed("news")
     assert registry.channel_count == 0
 
 
-def test_leaving_before_confirmation_unsubscribes_when_confirmed() -> None:
+async def test_leaving_before_confirmation_unsubscribes_when_confirmed() -> None:
     registry, redis = setup()
     a = RecordingSink()
-    registry.subscribe(a, "news", b"A", None)
-    registry.unsubscribe(a, ["news"])
+    joined = registry.join(a, "news")
+    registry.leave(a, ["news"])
+    assert joined.cancelled()
     registry.on_subscribed("news")
     assert redis.commands == [("SUBSCRIBE", ["news"]), ("UNSUBSCRIBE", ["news"])]
-    assert a.writes == []
 
 
-def test_resubscribing_while_unsubscribe_is_in_flight() -> None:
+async def test_rejoining_while_unsubscribe_is_in_flight() -> None:
     registry, redis = setup()
     a, b = RecordingSink(), RecordingSink()
-    registry.subscribe(a, "news", b"A", None)
-    registry.on_subscribed("news")
-    registry.unsubscribe(a, ["news"])
-    registry.subscribe(b, "news", b"B", None)
+    await live(registry, a, "news")
+    registry.leave(a, ["news"])
+    joined = registry.join(b, "news")
     registry.on_message(b"news", b"1")  # still arriving before the UNSUBSCRIBE took effect
     registry.flush()
-    assert b.writes == []
     registry.on_unsubscribed("news")
     assert redis.commands[-1] == ("SUBSCRIBE", ["news"])
     registry.on_subscribed("news")
-    assert b.writes == [b"B"]
+    await joined
+    assert registry.activate(b, "news") == b""
+    assert b.writes == []
 
 
-def test_batch_is_one_write_per_sink() -> None:
+async def test_batch_is_one_write_per_sink() -> None:
     registry, _ = setup()
     a, b = RecordingSink(), RecordingSink()
-    registry.subscribe(a, "x", b"", None)
-    registry.subscribe(a, "y", b"", None)
-    registry.subscribe(b, "x", b"", None)
-    registry.on_subscribed("x")
-    registry.on_subscribed("y")
-    a.writes.clear()
-    b.writes.clear()
+    await live(registry, a, "x")
+    await live(registry, a, "y")
+    await live(registry, b, "x")
     for payload in (b"1", b"2"):
         registry.on_message(b"x", payload)
     registry.on_message(b"y", b"3")
@@ -132,31 +167,96 @@ def test_batch_is_one_write_per_sink() -> None:
     assert registry.deliveries == 5
 
 
-def test_reconnect_resubscribes_in_one_command_and_sends_gaps() -> None:
-    registry, _redis = setup()
+async def test_reconnect_resubscribes_in_one_command_and_sends_gaps() -> None:
+    registry, _ = setup()
     a = RecordingSink()
-    registry.subscribe(a, "x", b"", None)
-    registry.subscribe(a, "y", b"", None)
-    registry.on_subscribed("x")
-    registry.on_subscribed("y")
+    await live(registry, a, "x")
+    await live(registry, a, "y")
     registry.on_disconnected()
     fresh = RecordingRedis()
     registry.on_connected(fresh)
     assert fresh.commands == [("SUBSCRIBE", ["x", "y"])]
-    a.writes.clear()
     registry.on_subscribed("x")
     registry.on_subscribed("y")
     assert a.frames() == [{"type": "gap", "channel": "x"}, {"type": "gap", "channel": "y"}]
 
 
-def test_refused_subscription_reports_error_and_forgets() -> None:
+async def test_history_channels_are_recovered_instead_of_gapped() -> None:
+    started: list[tuple[str, Position]] = []
+    registry, _ = setup(on_resubscribed=lambda c, p: started.append((c, p)))
+    a = RecordingSink()
+    await live(registry, a, "h")
+    registry.on_message(b"h", b"\x00ngh1 7 ep 7")
+    registry.flush()
+    a.writes.clear()
+    registry.on_disconnected()
+    registry.on_connected(RecordingRedis())
+    registry.on_subscribed("h")
+    assert started == [("h", Position(7, "ep"))]
+    registry.on_message(b"h", b"\x00ngh1 9 ep 9")  # live, while the replay is read
+    registry.on_message(b"h", b"\x00ngh1 10 ep 10")
+    registry.flush()
+    assert a.writes == []
+    replay = [b"\x81\x018", b"\x81\x019"]  # frames of offsets 8 and 9, as the reader builds
+    registry.finish_recovery("h", replay, cutoff=9)
+    assert a.frames() == [
+        8,
+        9,
+        {"type": "message", "channel": "h", "data": 10, "offset": 10, "epoch": "ep"},
+    ]
+
+
+async def test_unrecoverable_history_falls_back_to_a_gap() -> None:
+    registry, _ = setup(on_resubscribed=lambda c, p: None)
+    a = RecordingSink()
+    await live(registry, a, "h")
+    registry.on_message(b"h", b"\x00ngh1 1 ep 1")
+    registry.flush()
+    a.writes.clear()
+    registry.on_disconnected()
+    registry.on_connected(RecordingRedis())
+    registry.on_subscribed("h")
+    registry.on_message(b"h", b"\x00ngh1 5 ep 5")
+    registry.finish_recovery("h", None, cutoff=1)
+    assert [f["type"] for f in a.frames()] == ["gap", "message"]
+
+
+async def test_refused_subscription_fails_the_join() -> None:
     registry, _ = setup()
     a = RecordingSink()
-    registry.subscribe(a, "secret", b"", 5)
+    joined = registry.join(a, "secret")
     registry.on_subscribe_refused(["secret"], "NOPERM no permissions")
-    (frame,) = a.frames()
-    assert frame["type"] == "error"
-    assert frame["code"] == "unavailable"
-    assert frame["ref"] == 5
-    assert a.refused == ["secret"]
+    with pytest.raises(SubscriptionRefused, match="NOPERM"):
+        await joined
     assert registry.channel_count == 0
+
+
+async def test_fanout_is_timed_once_per_batch_not_per_delivery() -> None:
+    timings: list[float] = []
+    registry, _ = setup(observe_fanout=timings.append)
+    for _ in range(50):
+        await live(registry, RecordingSink(), "x")
+    registry.flush()  # nothing from Redis: no observation
+    assert timings == []
+    for payload in (b"1", b"2", b"3"):
+        registry.on_message(b"x", payload)
+    registry.flush()
+    assert len(timings) == 1
+    assert timings[0] >= 0
+    assert registry.deliveries == 150
+
+
+async def test_scrape_time_counts_and_top_channels() -> None:
+    registry, _ = setup(internal={"internal": lambda _payload: None})
+    registry.on_subscribed("internal")
+    a, b, c = RecordingSink(), RecordingSink(), RecordingSink()
+    for sink in (a, b, c):
+        await live(registry, sink, "busy")
+    await live(registry, a, "quiet")
+    pending = registry.join(b, "pending")  # Redis has not confirmed yet
+    assert registry.subscription_count == 5
+    assert registry.redis_channel_count == 3  # "internal", "busy" and "quiet"
+    assert registry.top_channels(2) == [("busy", 3), ("pending", 1)]
+    # The internal channel has no subscribers: it is not listed.
+    assert registry.top_channels(10) == [("busy", 3), ("pending", 1), ("quiet", 1)]
+    pending.cancel()

@@ -10,13 +10,16 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
-__all__ = ["ROOT", "GatewayProcess"]
+__all__ = ["LOG_SINK", "ROOT", "GatewayProcess"]
 
 ROOT = Path(__file__).resolve().parents[2]
+
+#: Where every child gateway's stdout and stderr are appended when it stops (set by conftest).
+LOG_SINK: BinaryIO | None = None
 
 
 class GatewayProcess:
@@ -39,6 +42,7 @@ class GatewayProcess:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self.port = 0
+        self._stderr: str | None = None
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -49,32 +53,30 @@ class GatewayProcess:
 
     def wait_event(self, event: str, timeout_s: float = 15.0) -> dict[str, Any]:
         """Block until the process logs ``event``; return that log record."""
-        return self.wait_events({event}, timeout_s)[event]
+        return self.wait_events(event, timeout_s=timeout_s)[event]
 
-    def wait_events(self, events: set[str], timeout_s: float = 15.0) -> dict[str, dict[str, Any]]:
+    def wait_events(self, *events: str, timeout_s: float = 15.0) -> dict[str, dict[str, Any]]:
         """Block until the process has logged every one of ``events``, in any order."""
         deadline = time.monotonic() + timeout_s
-        seen: dict[str, dict[str, Any]] = {}
-        while len(seen) < len(events):
+        found: dict[str, dict[str, Any]] = {}
+        while len(found) < len(events):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                missing = sorted(events - seen.keys())
-                raise TimeoutError(f"no {missing} in the gateway log: {self.output()}")
+                raise TimeoutError(f"no {events!r} in the gateway log: {self.output()}")
             try:
                 line = self._queue.get(timeout=remaining)
             except queue.Empty:
                 continue
             if line is None:
-                raise RuntimeError(f"gateway exited before {sorted(events)}: {self.output()}")
+                raise RuntimeError(f"gateway exited before {events!r}: {self.output()}")
             record = orjson.loads(line)
             if record.get("event") in events:
-                seen[record["event"]] = dict(record)
-        return seen
+                found.setdefault(record["event"], dict(record))
+        return found
 
     def wait_started(self) -> int:
-        # The subscriber may connect before or after the server listens.
-        seen = self.wait_events({"gateway_started", "redis_connected"})
-        self.port = int(seen["gateway_started"]["port"])
+        started = self.wait_events("gateway_started", "redis_connected")
+        self.port = int(started["gateway_started"]["port"])
         return self.port
 
     @property
@@ -88,8 +90,16 @@ class GatewayProcess:
         return [orjson.loads(line) for line in self.lines]
 
     def stderr(self) -> str:
-        assert self.process.stderr is not None
-        return self.process.stderr.read().decode(errors="replace")
+        """Everything the process wrote on stderr (read once it has exited)."""
+        return self._stderr_text()
+
+    def _stderr_text(self) -> str:
+        if self._stderr is None:
+            stream = self.process.stderr
+            self._stderr = (
+                "" if stream is None or stream.closed else stream.read().decode(errors="replace")
+            )
+        return self._stderr
 
     def wait(self, timeout_s: float = 15.0) -> int:
         code = self.process.wait(timeout_s)
@@ -104,6 +114,10 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        self._reader.join(5)
+        if LOG_SINK is not None:
+            LOG_SINK.write(b"".join(self.lines))
+            LOG_SINK.write(self._stderr_text().encode())
         for stream in (self.process.stdout, self.process.stderr):
             if stream is not None:
                 stream.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -12,7 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["RedisServer", "free_port"]
+__all__ = ["RedisServer", "cluster_port", "free_port"]
 
 
 def free_port() -> int:
@@ -22,12 +23,36 @@ def free_port() -> int:
         return port
 
 
-class RedisServer:
-    """One redis-server child. ``extra`` arguments configure it (password, ACL, TLS...)."""
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
-    def __init__(self, extra: Sequence[str] = (), *, port: int | None = None) -> None:
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too, so at most 55535."""
+    for _ in range(1000):
+        port = random.randint(20000, 30000)  # below the ephemeral range, bus port too
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class RedisServer:
+    """One redis-server child. ``extra`` arguments configure it (password, ACL, TLS...).
+
+    ``config`` is a configuration file read first (a sentinel needs one it can rewrite).
+    """
+
+    def __init__(
+        self, extra: Sequence[str] = (), *, port: int | None = None, config: Path | None = None
+    ) -> None:
         self.port = port or free_port()
         self.extra = list(extra)
+        self.config = config
         self.dir = Path(tempfile.mkdtemp(prefix="ng-test-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -40,6 +65,7 @@ class RedisServer:
         assert binary, "redis-server is not installed (make test installs it)"
         args = [
             binary,
+            *([str(self.config)] if self.config else []),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
@@ -48,9 +74,14 @@ class RedisServer:
             "--logfile", str(self.dir / "redis.log"),
             *self.extra,
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with (self.dir / "stderr.log").open("ab") as stderr:
+            self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr)
         self.wait_answering()
         return self
+
+    def client_socket(self) -> socket.socket:
+        """A socket connected to the server, ready for RESP (a TLS server wraps it)."""
+        return socket.create_connection(("127.0.0.1", self.port), timeout=0.5)
 
     def wait_answering(self, timeout_s: float = 10.0) -> None:
         """Block until the server answers PING (or NOAUTH) on its port."""
@@ -58,7 +89,7 @@ class RedisServer:
         while True:
             assert self.process is not None
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                err = (self.dir / "stderr.log").read_text(errors="replace")
                 log = (
                     (self.dir / "redis.log").read_text()
                     if (self.dir / "redis.log").exists()
@@ -66,7 +97,7 @@ class RedisServer:
                 )
                 raise RuntimeError(f"redis-server exited: {err}\n{log[-2000:]}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                with self.client_socket() as sock:
                     sock.sendall(b"PING\r\n")
                     if sock.recv(64)[:1] in (b"+", b"-"):
                         return
@@ -95,8 +126,6 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
-        if self.process is not None and self.process.stderr:
-            self.process.stderr.close()
 
     def restart(self) -> None:
         """Stop (or after kill) and start again on the same port."""

@@ -12,7 +12,16 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-__all__ = ["close_code", "connect_authed", "http_get", "recv_json", "request", "wait_until"]
+__all__ = [
+    "close_code",
+    "connect_authed",
+    "connect_subscribed",
+    "http_fetch",
+    "http_get",
+    "recv_json",
+    "request",
+    "wait_until",
+]
 
 TIMEOUT_S = 5.0
 
@@ -43,6 +52,15 @@ async def connect_authed(
     return ws, welcome
 
 
+async def connect_subscribed(url: str, token: str, *channels: str) -> ClientConnection:
+    """An authenticated connection whose subscriptions Redis has confirmed."""
+    ws, _ = await connect_authed(url, token)
+    for channel in channels:
+        reply = await request(ws, {"type": "subscribe", "channel": channel})
+        assert reply["type"] == "subscribed", reply
+    return ws
+
+
 async def close_code(ws: ClientConnection, timeout_s: float = TIMEOUT_S) -> int | None:
     """Read until the server closes; return the close code it sent."""
     try:
@@ -63,16 +81,24 @@ async def wait_until(
             await asyncio.sleep(step_s)
 
 
-async def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    """GET over a real HTTP client; returns (status, body) for any status."""
+async def http_fetch(
+    url: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], str]:
+    """GET over a real HTTP client; returns (status, headers, body) for any status."""
 
-    def fetch() -> tuple[int, str]:
+    def fetch() -> tuple[int, dict[str, str], str]:
         req = urllib.request.Request(url, headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=TIMEOUT_S) as response:
-                return response.status, response.read().decode()
+                return response.status, dict(response.headers), response.read().decode()
         except urllib.error.HTTPError as error:
             with error:
-                return error.code, error.read().decode()
+                return error.code, dict(error.headers), error.read().decode()
 
     return await asyncio.to_thread(fetch)
+
+
+async def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """GET over a real HTTP client; returns (status, body) for any status."""
+    status, _headers, body = await http_fetch(url, headers)
+    return status, body

@@ -1,0 +1,1 @@
+"""``notify-gateway`` subcommands for producers and for debugging: publish, session, listen."""

@@ -1,0 +1,98 @@
+"""What a publisher needs to know: where Redis is and the limits the gateways enforce."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from gateway.config import GatewaySettings, Limits, RedisConfig, load_redis_config, load_settings
+
+__all__ = ["PublisherSettings"]
+
+_GATEWAY = GatewaySettings()
+_LIMITS = Limits()
+_REDIS = RedisConfig()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PublisherSettings:
+    """Redis connection and the gateway limits a publisher checks before sending.
+
+    The defaults are the gateway's: a publisher configured like the gateways it feeds
+    refuses up front what they would drop or refuse.
+    """
+
+    redis: RedisConfig = dataclasses.field(default_factory=RedisConfig)
+    #: Redis key prefix of sessions (``GATEWAY_SESSION_PREFIX``)
+    session_prefix: str = _GATEWAY.session_prefix
+    #: largest payload in bytes (``GATEWAY_MAX_MESSAGE_BYTES``: gateways drop bigger ones)
+    max_payload_bytes: int = _LIMITS.max_message_bytes
+    #: longest channel name (``GATEWAY_MAX_CHANNEL_LENGTH``: clients cannot subscribe longer)
+    max_channel_length: int = _LIMITS.max_channel_length
+    #: Redis key prefix of channel history (``GATEWAY_HISTORY_PREFIX``, as the gateways read it)
+    history_prefix: str = _GATEWAY.history_prefix
+    #: messages kept per channel published with history (``GATEWAY_HISTORY_SIZE``; approximate)
+    history_size: int = _GATEWAY.history_size
+    #: seconds a channel's history lives after its last message
+    #: (``GATEWAY_HISTORY_RETENTION_SECONDS``)
+    history_retention_s: int = _GATEWAY.history_retention_s
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.session_prefix, str) or not self.session_prefix:
+            raise ValueError("session_prefix must be a non-empty string, e.g. 'session:'")
+        for name in (
+            "max_payload_bytes",
+            "max_channel_length",
+            "history_size",
+            "history_retention_s",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive whole number, not {value!r}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> PublisherSettings:
+        """The settings a gateway reading ``env`` would use (same variables, same checks).
+
+        Raises :class:`~gateway.config.ConfigError` naming the variable that is wrong.
+        """
+        settings = load_settings(env)
+        return cls(
+            redis=settings.redis,
+            session_prefix=settings.session_prefix,
+            max_payload_bytes=settings.limits.max_message_bytes,
+            max_channel_length=settings.limits.max_channel_length,
+            history_prefix=settings.history_prefix,
+            history_size=settings.history_size,
+            history_retention_s=settings.history_retention_s,
+        )
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        session_prefix: str = _GATEWAY.session_prefix,
+        max_payload_bytes: int = _LIMITS.max_message_bytes,
+        max_channel_length: int = _LIMITS.max_channel_length,
+        max_retries: int = _REDIS.max_retries,
+        connect_timeout_s: float = _REDIS.connect_timeout_s,
+        cluster: bool = False,
+    ) -> PublisherSettings:
+        """Settings for the Redis at ``url`` (``redis://`` or ``rediss://``, as ``REDIS_URL``).
+
+        ``max_retries`` retries follow a transient error, with jittered exponential
+        backoff from 50 ms up to 1 s; 0 disables them. ``cluster`` treats ``url`` as any
+        node of a Redis Cluster and publishes with SPUBLISH, as the gateways then read.
+        """
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be a whole number >= 0, not {max_retries!r}")
+        if not 0 < connect_timeout_s < float("inf"):
+            raise ValueError(f"connect_timeout_s must be more than 0, not {connect_timeout_s!r}")
+        redis = dataclasses.replace(
+            load_redis_config({"REDIS_URL": url}),
+            max_retries=max_retries,
+            connect_timeout_s=connect_timeout_s,
+            cluster=cluster,
+        )
+        return cls(redis, session_prefix, max_payload_bytes, max_channel_length)

@@ -1,0 +1,114 @@
+"""Per-channel history: the stream layout, the atomic publish script and the envelope (pure).
+
+A channel published with history has two keys sharing the channel as hash tag (one
+Redis Cluster slot):
+
+- ``{prefix}{<channel>}:meta``: a hash with ``epoch`` (random id of this stream's life)
+  and ``offset`` (last offset given out);
+- ``{prefix}{<channel>}:stream``: a stream of the last messages, entry id ``<offset>-0``,
+  field ``d`` holding the payload, trimmed approximately to the configured size.
+
+:data:`PUBLISH_SCRIPT` increments the offset, appends, refreshes the retention TTL and
+publishes an envelope in one atomic step, so a reader can always tell "same stream,
+later offset" from "data was lost" (the epoch changed, or the offset fell out of the
+window). The envelope is the payload prefixed with ``\\x00ngh1 <offset> <epoch> ``: no
+JSON text starts with a NUL byte, so plain publishes are never mistaken for one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+__all__ = [
+    "DEFAULT_MAXLEN",
+    "DEFAULT_RETENTION_S",
+    "ENVELOPE_PREFIX",
+    "PUBLISH_SCRIPT",
+    "READ_SCRIPT",
+    "Envelope",
+    "HistoryKeys",
+    "Position",
+    "open_envelope",
+    "position_problem",
+]
+
+DEFAULT_MAXLEN = 1000
+DEFAULT_RETENTION_S = 24 * 3600
+ENVELOPE_PREFIX = b"\x00ngh1 "
+_EPOCH = re.compile(r"[0-9a-f]{1,32}")
+
+# KEYS: meta, stream. ARGV: channel, payload, maxlen, retention seconds, candidate epoch,
+# and the publish command: PUBLISH, or SPUBLISH on a cluster (the channel hashes to the slot
+# of its own keys, whose hash tag is the channel).
+PUBLISH_SCRIPT = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'd', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+local envelope = '\\0ngh1 ' .. offset .. ' ' .. epoch .. ' ' .. ARGV[2]
+return {redis.call(ARGV[6] or 'PUBLISH', ARGV[1], envelope), offset, epoch}
+"""
+
+# KEYS: meta, stream. ARGV: first stream id wanted ('' for none), most entries.
+# One script rather than MULTI: it runs the same on a single Redis and on a cluster.
+READ_SCRIPT = """
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+if ARGV[1] == '' then return {meta, {}} end
+return {meta, redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])}
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HistoryKeys:
+    meta: str
+    stream: str
+
+    @classmethod
+    def for_channel(cls, prefix: str, channel: str) -> HistoryKeys:
+        tag = f"{prefix}{{{channel}}}"
+        return cls(meta=f"{tag}:meta", stream=f"{tag}:stream")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Envelope:
+    offset: int
+    epoch: str
+    data: bytes
+
+
+def open_envelope(payload: bytes) -> Envelope | None:
+    """The history envelope inside a published payload, or None for a plain message."""
+    if not payload.startswith(ENVELOPE_PREFIX):
+        return None
+    head, sep1, rest = payload[len(ENVELOPE_PREFIX) :].partition(b" ")
+    epoch, sep2, data = rest.partition(b" ")
+    if not (sep1 and sep2 and head.isdigit()):
+        return None
+    return Envelope(int(head), epoch.decode("ascii", "replace"), data)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Position:
+    """Where a client stands in a channel's history (the ``since`` of a subscribe)."""
+
+    offset: int
+    epoch: str
+
+
+def position_problem(since: object) -> str | None:
+    """What is wrong with a ``since`` object, or None when it is a valid position."""
+    if not isinstance(since, dict):
+        return "since must be an object {offset, epoch}"
+    offset, epoch = since.get("offset"), since.get("epoch")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        return "since.offset must be a whole number >= 0"
+    if not isinstance(epoch, str) or not _EPOCH.fullmatch(epoch):
+        return "since.epoch must be the epoch string the gateway sent"
+    return None

@@ -1,0 +1,66 @@
+"""The ``GET /status`` report: what one gateway is doing, as JSON for humans and scripts."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from gateway import __version__
+from gateway.config import GatewaySettings
+from gateway.connection import ConnectionHandler
+from gateway.metrics import RedisLink
+from gateway.registry import Registry
+
+__all__ = ["TOP_CHANNELS", "status_report"]
+
+#: how many channels the report lists (the busiest); bounds its size and cost
+TOP_CHANNELS = 10
+
+
+def status_report(
+    settings: GatewaySettings,
+    registry: Registry,
+    handler: ConnectionHandler,
+    subscriber: RedisLink,
+    *,
+    started_at: str,
+    uptime_s: float,
+) -> dict[str, Any]:
+    """A snapshot; linear in the number of channels, built only on request."""
+    latency = subscriber.ping_latency_s if subscriber.ready else None
+    admission = settings.admission
+    return {
+        "version": __version__,
+        "started_at": started_at,
+        "uptime_s": round(uptime_s, 3),
+        "redis": {
+            "connected": subscriber.ready,
+            "url": settings.redis.url(),  # password masked
+            "ping_ms": None if latency is None else round(latency * 1000, 3),
+            "reconnects": subscriber.reconnects,
+        },
+        "sockets": handler.sockets,
+        "connections": handler.connections,
+        "channels": registry.redis_channel_count,
+        "subscriptions": registry.subscription_count,
+        "messages": {
+            "received": registry.messages_received,
+            "delivered": registry.deliveries,
+            "dropped": registry.messages_dropped,
+        },
+        "top_channels": [
+            {"channel": channel, "subscribers": count}
+            for channel, count in registry.top_channels(TOP_CHANNELS)
+        ],
+        "limits": {
+            **dataclasses.asdict(settings.limits),
+            "max_connections": admission.max_connections,
+            "max_connections_per_user": admission.max_connections_per_user,
+            "max_attempts_per_user": admission.max_attempts_per_user,
+            "max_attempts_per_ip": admission.max_attempts_per_ip,
+            "max_replay": settings.max_replay,
+            "auth_timeout_s": settings.auth_timeout_s,
+            "handshake_timeout_s": settings.handshake_timeout_s,
+            "heartbeat_s": settings.heartbeat_s,
+        },
+    }

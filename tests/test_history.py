@@ -1,0 +1,173 @@
+"""History and recovery end to end: real Redis streams, real gateways, real clients."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from redis.asyncio import Redis
+from websockets.asyncio.client import ClientConnection
+
+from gateway.server import Gateway
+from tests.conftest import MakeGateway, MakeSession, ws_url
+from tests.support.history import publish_with_history
+from tests.support.ws import connect_authed, recv_json, request
+
+
+async def subscribe(ws: ClientConnection, channel: str, **since: Any) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
+    if since:
+        frame["since"] = since
+    reply = await request(ws, frame)
+    assert reply["type"] == "subscribed", reply
+    return reply
+
+
+async def test_history_messages_carry_offset_and_epoch(
+    gateway: Gateway, make_session: MakeSession, redis: Redis
+) -> None:
+    _, _, epoch = await publish_with_history(redis, "public:h1", '"before"')
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("1"))
+    async with ws:
+        reply = await subscribe(ws, "public:h1")
+        assert (reply["offset"], reply["epoch"]) == (1, epoch)
+        assert "recovered" not in reply
+        receivers, offset, _ = await publish_with_history(redis, "public:h1", '{"n":2}')
+        assert (receivers, offset) == (1, 2)
+        assert await recv_json(ws) == {
+            "type": "message",
+            "channel": "public:h1",
+            "data": {"n": 2},
+            "offset": 2,
+            "epoch": epoch,
+        }
+
+
+async def test_reconnect_with_since_gets_exactly_the_missed_messages_then_live(
+    gateway: Gateway, make_session: MakeSession, redis: Redis
+) -> None:
+    token = await make_session("2")
+    ws, _ = await connect_authed(ws_url(gateway), token)
+    reply = await subscribe(ws, "public:h2")
+    assert reply.get("offset") is None  # no history yet
+    _, _, epoch = await publish_with_history(redis, "public:h2", "1")
+    assert (await recv_json(ws))["offset"] == 1
+    await ws.close()
+    for n in (2, 3, 4):
+        await publish_with_history(redis, "public:h2", str(n))
+    ws, _ = await connect_authed(ws_url(gateway), token)
+    async with ws:
+        reply = await subscribe(ws, "public:h2", offset=1, epoch=epoch)
+        assert (reply["recovered"], reply["offset"], reply["epoch"]) == (True, 4, epoch)
+        missed = [await recv_json(ws) for _ in range(3)]
+        assert [(m["offset"], m["data"]) for m in missed] == [(2, 2), (3, 3), (4, 4)]
+        await publish_with_history(redis, "public:h2", "5")
+        assert (await recv_json(ws))["offset"] == 5
+        assert await request(ws, {"type": "ping"}) == {"type": "pong"}  # nothing else queued
+
+
+async def test_unknown_epoch_and_too_old_offset_are_not_recovered(
+    gateway_factory: MakeGateway, make_session: MakeSession, redis: Redis
+) -> None:
+    gateway = await gateway_factory(GATEWAY_MAX_REPLAY="5")
+    for n in range(250):
+        _, _, epoch = await publish_with_history(redis, "public:h3", str(n), maxlen=10)
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("3"))
+    async with ws:
+        stale = await subscribe(ws, "public:h3", offset=3, epoch="0badc0de")
+        assert (stale["recovered"], stale["offset"], stale["epoch"]) == (False, 250, epoch)
+        await request(ws, {"type": "unsubscribe", "channel": "public:h3"})
+        too_many = await subscribe(ws, "public:h3", offset=200, epoch=epoch)  # 50 > max replay
+        assert too_many["recovered"] is False
+        await request(ws, {"type": "unsubscribe", "channel": "public:h3"})
+        recent = await subscribe(ws, "public:h3", offset=247, epoch=epoch)
+        assert recent["recovered"] is True
+        assert [(await recv_json(ws))["offset"] for _ in range(3)] == [248, 249, 250]
+
+
+async def test_trimmed_window_is_not_recovered(
+    gateway: Gateway, make_session: MakeSession, redis: Redis
+) -> None:
+    for n in range(300):
+        _, _, epoch = await publish_with_history(redis, "public:h4", str(n), maxlen=10)
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("4"))
+    async with ws:
+        reply = await subscribe(ws, "public:h4", offset=0, epoch=epoch)  # offset 1 was trimmed
+        assert reply["recovered"] is False
+
+
+async def test_since_on_a_plain_channel_is_not_recovered(
+    gateway: Gateway, make_session: MakeSession
+) -> None:
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("5"))
+    async with ws:
+        reply = await subscribe(ws, "public:plain", offset=3, epoch="abc")
+        assert reply == {"type": "subscribed", "channel": "public:plain", "recovered": False}
+        bad = await request(
+            ws, {"type": "subscribe", "channel": "public:x", "since": {"offset": -1}, "ref": 1}
+        )
+        assert (bad["code"], bad["ref"]) == ("bad_request", 1)
+
+
+async def test_subscriber_reconnect_replays_instead_of_gap(
+    gateway: Gateway, make_session: MakeSession, redis: Redis
+) -> None:
+    """CLIENT KILL TYPE pubsub while a producer publishes with history at a steady rate."""
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("6"))
+    await subscribe(ws, "public:h6")
+    total = 300
+
+    async def produce() -> None:
+        for n in range(1, total + 1):
+            await publish_with_history(redis, "public:h6", str(n))
+            if n in (100, 200):
+                await redis.client_kill_filter(_type="pubsub")
+            await asyncio.sleep(0.002)  # a steady rate, not synchronisation
+
+    producer = asyncio.create_task(produce())
+    offsets = []
+    while len(offsets) < total:
+        frame = await recv_json(ws, timeout_s=10)
+        assert frame["type"] == "message", frame  # never a gap: history fills it
+        offsets.append(frame["offset"])
+    await producer
+    assert offsets == list(range(1, total + 1))
+    assert gateway.subscriber.reconnects == 2
+    await ws.close()
+
+
+async def test_client_moved_to_another_gateway_resumes_without_loss(
+    gateway_factory: MakeGateway, make_session: MakeSession, redis: Redis
+) -> None:
+    first, second = await gateway_factory(), await gateway_factory()
+    token = await make_session("7")
+    ws, _ = await connect_authed(ws_url(first), token)
+    await subscribe(ws, "public:h7")
+    seen = []
+    for n in range(1, 6):
+        _, _, epoch = await publish_with_history(redis, "public:h7", str(n))
+        seen.append((await recv_json(ws))["offset"])
+    await ws.close()  # the load balancer moves the client
+    for n in range(6, 11):
+        await publish_with_history(redis, "public:h7", str(n))
+    ws, _ = await connect_authed(ws_url(second), token)
+    async with ws:
+        reply = await subscribe(ws, "public:h7", offset=seen[-1], epoch=epoch)
+        assert reply["recovered"] is True
+        seen += [(await recv_json(ws))["offset"] for _ in range(5)]
+        await publish_with_history(redis, "public:h7", "11")
+        seen.append((await recv_json(ws))["offset"])
+    assert seen == list(range(1, 12))
+
+
+async def test_quiet_history_channel_is_recovered_after_a_subscriber_reconnect(
+    gateway: Gateway, make_session: MakeSession, redis: Redis
+) -> None:
+    await publish_with_history(redis, "public:h8", "1")
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("8"))
+    async with ws:
+        await subscribe(ws, "public:h8")  # no message has passed through the gateway yet
+        await redis.client_kill_filter(_type="pubsub")
+        await publish_with_history(redis, "public:h8", "2")  # may fall into the outage
+        frame = await recv_json(ws)
+        assert (frame["type"], frame.get("offset")) == ("message", 2)  # replayed, not a gap
