@@ -103,11 +103,19 @@ class ClientConnection(FrameWriter):
             self.close(CloseCode.PING_TIMEOUT, "keepalive ping timeout")
             return
         if self._transport.get_write_buffer_size():
-            # ping() would wait for the buffer to drain; the buffer limit deals with
-            # a client that does not read, and the next sweep pings it.
+            # ping() waits for the buffer to drain, so it must not hold up the sweep: the
+            # ping is queued behind the unsent bytes, and a client that has neither drained
+            # them nor answered by the next sweep is dead or too slow, and is closed then.
+            self._pong = asyncio.ensure_future(self._ping_answered())
+            self._pong.add_done_callback(_consume_exception)
             return
         with contextlib.suppress(ConnectionClosed):  # it closed meanwhile: nothing to ping
             self._pong = cast(asyncio.Future[float], await self._ws.ping())
+
+    async def _ping_answered(self) -> float:
+        pong = await self._ws.ping()
+        latency: float = await pong
+        return latency
 
     def subscription_refused(self, channel: str, message: str) -> None:
         self.session.forget([channel])
@@ -383,6 +391,12 @@ def _release_handshake(ws: ServerConnection) -> None:
         ws.request.headers = _NO_HEADERS
     if ws.response is not None:
         ws.response.headers = _NO_HEADERS
+
+
+def _consume_exception(task: asyncio.Future[float]) -> None:
+    # A ping cut short by the connection closing: nothing to report.
+    if not task.cancelled():
+        task.exception()
 
 
 def _remote(ws: ServerConnection) -> str:

@@ -27,10 +27,20 @@ _closing: set[asyncio.Task[None]] = set()
 
 
 def close_later(ws: ServerConnection, code: CloseCode, reason: str) -> None:
-    """Start a close handshake from synchronous code (the fan-out path); returns at once."""
-    task = asyncio.get_running_loop().create_task(ws.close(code, reason))
+    """Start a close handshake from synchronous code (the fan-out path); returns at once.
+
+    The close frame waits behind the unsent bytes, and websockets' close() waits for them
+    to drain before its close timeout even starts: a peer that reads nothing at all would
+    hold the connection, and its buffer, for as long as TCP keeps it. So the transport is
+    aborted if the handshake has not finished ``close_timeout`` seconds from now.
+    """
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(ws.close(code, reason))
     _closing.add(task)
     task.add_done_callback(_closing.discard)
+    if ws.close_timeout is not None:
+        deadline = loop.call_later(ws.close_timeout, ws.transport.abort)
+        task.add_done_callback(lambda _task: deadline.cancel())
 
 
 class FrameWriter:
