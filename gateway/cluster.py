@@ -98,11 +98,10 @@ class _Node:
         self._cluster.registry.on_unsubscribed(channel)
 
     def on_subscribe_refused(self, channels: list[str], message: str) -> None:
+        self.channels.difference_update(channels)
         if message.startswith(_REROUTE_ERRORS):
-            self.channels.difference_update(channels)
             self._cluster.reroute(channels)
         else:
-            self.channels.difference_update(channels)
             self._cluster.registry.on_subscribe_refused(channels, message)
 
     async def close(self) -> None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.support.children import end_process
 from tests.support.process import ROOT
 from tests.support.redis_server import free_port
 
@@ -110,11 +111,5 @@ class Balancer:
                 time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        end_process(self.process)
         shutil.rmtree(self.dir, ignore_errors=True)

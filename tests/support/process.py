@@ -14,6 +14,8 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from tests.support.children import end_process
+
 __all__ = ["LOG_SINK", "ROOT", "GatewayProcess"]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,13 +109,7 @@ class GatewayProcess:
         return code
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        end_process(self.process, timeout_s=15)
         self._reader.join(5)
         if LOG_SINK is not None:
             LOG_SINK.write(b"".join(self.lines))

@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.support.children import end_process
+
 __all__ = ["RedisServer", "cluster_port", "free_port"]
 
 
@@ -119,13 +121,8 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+            self.process.send_signal(signal.SIGCONT)  # a stopped server cannot act on SIGTERM
+            end_process(self.process)
 
     def restart(self) -> None:
         """Stop (or after kill) and start again on the same port."""
