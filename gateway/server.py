@@ -100,6 +100,8 @@ class Gateway:
         self.setup_failed: asyncio.Future[RedisSetupError] = (
             asyncio.get_running_loop().create_future()
         )
+        #: set once the start-up ACL check has passed (or is not done: cluster)
+        self.access_checked = asyncio.Event()
         self._started_at = datetime.datetime.now(datetime.UTC)
         self._started = time.monotonic()
 
@@ -171,12 +173,14 @@ class Gateway:
         """Once Redis answers, check that its ACL allows everything the gateway does."""
         if isinstance(self.redis, RedisCluster):
             # The probes use classic SUBSCRIBE; on a cluster each node reports refusals itself.
+            self.access_checked.set()
             return
         backoff = Backoff()
         while True:
             await self.subscriber.wait_ready()
             try:
                 await verify_gateway_access(self.redis, self.settings)
+                self.access_checked.set()
                 return
             except RedisError as exc:  # LOADING, or Redis went away again: check later
                 delay = backoff.next_delay()

@@ -97,9 +97,10 @@ async def test_client_kill_type_pubsub(
     server, redis = private
     gateway = await gateway_factory(server.url)
     ws = await subscribed_client(ws_url(gateway), redis)
+    # The start-up ACL check subscribes on connections of its own, one after another.
+    await asyncio.wait_for(gateway.access_checked.wait(), timeout=10)
 
     async def only_the_subscriber() -> bool:
-        # The start-up ACL check subscribes briefly on a connection of its own.
         return len(await redis.client_list(_type="pubsub")) == 1
 
     await wait_until(only_the_subscriber)
