@@ -1,11 +1,11 @@
-"""One WebSocket client: authentication, its command loop, and its outgoing path.
+"""One WebSocket client: authentication, its commands, and its outgoing path.
 
-The websockets library does the handshake, keepalive pings, reading frames and
-the close handshake. Outgoing data frames are written by :class:`ClientConnection`
-(a :class:`gateway.writer.FrameWriter`) straight to the transport: they are
-pre-built, unmasked, complete RFC 6455 text frames, so one bytes object serves
-every subscriber. A write never waits; a client whose unsent bytes pass the
-buffer limit is closed with 4008.
+:class:`ClientConnection` is the connection itself (a :class:`gateway.websocket.WebSocket`):
+an idle client owns no task. Steps that wait for Redis (logging in, subscribing) run as
+a task while the client's later commands wait their turn in a small inbox, so replies
+keep the order of the commands. Outgoing data frames are pre-built, unmasked,
+complete RFC 6455 text frames, so one bytes object serves every subscriber. A write
+never waits; a client whose unsent bytes pass the buffer limit is closed with 4008.
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ import asyncio
 import collections
 import contextlib
 import secrets
-from typing import cast
+from collections.abc import Callable, Coroutine
 
 import structlog
 from redis.exceptions import RedisError
-from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request
 from websockets.protocol import State
 
 from gateway.admission import AdmissionControl
@@ -38,6 +36,7 @@ from gateway.protocol import (
     welcome_frame,
 )
 from gateway.recovery import HistoryReader
+from gateway.redis_client import raise_if_cancelled
 from gateway.registry import Registry, SubscriptionRefused
 from gateway.session import (
     ClientSession,
@@ -48,7 +47,7 @@ from gateway.session import (
     UnsubscribeChannel,
 )
 from gateway.subscriber import Readiness
-from gateway.writer import FrameWriter
+from gateway.websocket import Answer, WebSocket, WebSocketServer
 
 __all__ = ["ClientConnection", "ConnectionHandler"]
 
@@ -56,6 +55,8 @@ log = structlog.get_logger("gateway.connection")
 
 #: How long a subscribe may wait for Redis to confirm (e.g. while it reconnects).
 SUBSCRIBE_TIMEOUT_S = 10.0
+#: Commands waiting behind a step before the connection stops reading (TCP pushes back).
+INBOX_PAUSE = 16
 
 _AUTH_REASONS = {
     "auth_timeout": "unauthorized: no auth frame within the auth timeout",
@@ -63,62 +64,104 @@ _AUTH_REASONS = {
     "bad_authorization_header": "unauthorized: use 'Authorization: Bearer <token>'",
 }
 
+#: what answers a connection's HTTP requests (``/healthz``, ``/metrics``...; None: upgrade)
+Responder = Callable[[Request], Answer]
+#: told each finished connection's close code and lifetime (seconds)
+CloseObserver = Callable[[int | None, float], None]
 
-class ClientConnection(FrameWriter):
-    """The registry's view of one client: a non-blocking, bounded writer."""
 
-    __slots__ = ("_closer", "_pong", "conn_id", "session")
+class ClientConnection(WebSocket):
+    """One client; the registry sees it as a non-blocking, bounded writer (``send``)."""
 
-    def __init__(
-        self,
-        ws: ServerConnection,
-        conn_id: str,
-        session: ClientSession,
-        max_buffer: int,
-        closer: ConnectionHandler,
-    ) -> None:
-        super().__init__(ws, max_buffer)
-        self._closer = closer
-        self.conn_id = conn_id
-        self.session = session
-        self._pong: asyncio.Future[float] | None = None
+    __slots__ = ("_first", "_handler", "_inbox", "conn_id", "session", "started")
+
+    def __init__(self, server: WebSocketServer, handler: ConnectionHandler) -> None:
+        super().__init__(server)
+        self._handler = handler
+        self.conn_id = secrets.token_hex(6)
+        #: set once logged in
+        self.session: ClientSession | None = None
+        #: loop time of the upgrade; None for requests that never upgraded
+        self.started: float | None = None
+        # While a step runs: the commands that arrived meanwhile.
+        self._inbox: collections.deque[str | bytes] | None = None
+        # While logging in without a header: the first message, awaited.
+        self._first: asyncio.Future[str | bytes | None] | None = None
+
+    def respond(self, request: Request) -> Answer:
+        return self._handler.respond(request)
+
+    def opened(self) -> None:
+        self.started = asyncio.get_running_loop().time()
+        self._handler.sockets += 1
+        self.run_step(self._handler.login(self))
+
+    def received(self, data: str | bytes) -> None:
+        first = self._first
+        if first is not None:
+            self._first = None
+            if not first.done():
+                first.set_result(data)
+            return
+        if self._inbox is not None:
+            self._inbox.append(data)
+            if len(self._inbox) == INBOX_PAUSE:
+                self.pause_reading()
+            return
+        self._handler.command(self, data)
+
+    async def first_message(self) -> str | bytes | None:
+        """The next message (None if the connection closed first)."""
+        self._first = asyncio.get_running_loop().create_future()
+        return await self._first
+
+    def run_step(self, step: Coroutine[None, None, None]) -> None:
+        """Run ``step``; commands received meanwhile are handled after it, in order."""
+        self._inbox = collections.deque()
+        self._handler.background(step).add_done_callback(self._step_done)
+
+    def _step_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("connection_step_failed", conn=self.conn_id, error=repr(exc))
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+        inbox, self._inbox = self._inbox or collections.deque(), None
+        if self.state is State.CLOSED:
+            self._handler.finished(self)  # deferred until the step was over
+            return
+        self.resume_reading()
+        while inbox:
+            self._handler.command(self, inbox.popleft())
+            if self._inbox is not None:  # another step started: the rest waits for it
+                self._inbox.extend(inbox)
+                return
+
+    def finished(self) -> None:
+        if self.started is None:
+            return  # plain HTTP, or a refused upgrade
+        if self._first is not None and not self._first.done():
+            self._first.set_result(None)
+        if self._inbox is None:  # else when the running step is over
+            self._handler.finished(self)
 
     def overflow(self, buffered: int) -> None:
-        # Named explicitly: the fan-out runs outside the connection's contextvars.
+        # Named explicitly: the fan-out runs outside any connection's context.
         log.warning(
             "slow_consumer",
             conn=self.conn_id,
-            user=self.session.session.user_id,
+            user=self.user_id,
             buffered_bytes=buffered,
-            limit_bytes=self._max_buffer,
+            limit_bytes=self._server.options.max_buffer,
         )
-        self._closer.slow_consumers += 1
+        self._handler.slow_consumers += 1
         super().overflow(buffered)
 
-    async def heartbeat(self) -> None:
-        """Ping the client; close it (1011) if it did not answer the previous ping."""
-        if self.closed or self._ws.protocol.state is not State.OPEN:
-            return
-        if self._pong is not None and not self._pong.done():
-            self.close(CloseCode.PING_TIMEOUT, "keepalive ping timeout")
-            return
-        if self._transport.get_write_buffer_size():
-            # ping() waits for the buffer to drain, so it must not hold up the sweep: the
-            # ping is queued behind the unsent bytes, and a client that has neither drained
-            # them nor answered by the next sweep is dead or too slow, and is closed then.
-            self._pong = asyncio.ensure_future(self._ping_answered())
-            self._pong.add_done_callback(_consume_exception)
-            return
-        with contextlib.suppress(ConnectionClosed):  # it closed meanwhile: nothing to ping
-            self._pong = cast(asyncio.Future[float], await self._ws.ping())
-
-    async def _ping_answered(self) -> float:
-        pong = await self._ws.ping()
-        latency: float = await pong
-        return latency
+    @property
+    def user_id(self) -> str | None:
+        return None if self.session is None else self.session.session.user_id
 
     def subscription_refused(self, channel: str, message: str) -> None:
-        self.session.forget([channel])
+        if self.session is not None:
+            self.session.forget([channel])
         self.send(error_frame(ErrorCode.UNAVAILABLE, f"Redis refused {channel!r}: {message}"))
 
 
@@ -133,6 +176,9 @@ class ConnectionHandler:
         sessions: SessionStore,
         admission: AdmissionControl,
         history: HistoryReader,
+        *,
+        respond: Responder,
+        on_closed: CloseObserver,
     ) -> None:
         self._settings = settings
         self._registry = registry
@@ -140,9 +186,13 @@ class ConnectionHandler:
         self._sessions = sessions
         self._admission = admission
         self._history = history
+        self.respond = respond
+        self._on_closed = on_closed
         self._policy = ChannelPolicy(settings.public_channels)
         # Authenticated connections by session digest (revocation, re-checks, leases).
         self._open: dict[str, set[ClientConnection]] = {}
+        # Logins, subscribes and slot releases under way: stop() lets them finish.
+        self._tasks: set[asyncio.Task[None]] = set()
         self.sockets = 0  # every WebSocket, authenticated or not (the global cap)
         self.connections = 0  # authenticated ones
         # Plain counters, read by gateway.metrics at scrape time.
@@ -152,17 +202,20 @@ class ConnectionHandler:
     async def heartbeat(self) -> None:
         """Ping every client once per heartbeat interval, from this one task.
 
-        websockets' own keepalive runs a task per connection (about 1.6 KiB of an
-        idle connection's memory); one sweep does the same job. A client that has
-        not answered the previous sweep's ping is closed with 1011, so a dead peer
-        goes within two intervals, as before.
+        A client that has not answered the previous sweep's ping is closed with 1011,
+        so a dead peer goes within two intervals. The ping is queued behind any unsent
+        bytes: a client that has neither drained them nor answered by the next sweep
+        is dead or too slow.
         """
         interval = self._settings.heartbeat_s
         while True:
             await asyncio.sleep(interval)
             clients = [client for peers in self._open.values() for client in peers]
             for count, client in enumerate(clients, 1):
-                await client.heartbeat()
+                if client.awaiting_pong:
+                    client.close(CloseCode.PING_TIMEOUT, "keepalive ping timeout")
+                else:
+                    client.ping()
                 if count % 1000 == 0:
                     await asyncio.sleep(0)  # let deliveries through between slices
 
@@ -184,10 +237,11 @@ class ConnectionHandler:
             try:
                 await self.recheck()
             except RedisError as exc:
+                raise_if_cancelled()
                 log.warning("session_recheck_failed", error=type(exc).__name__)
 
     async def recheck(self) -> None:
-        sessions = [next(iter(clients)).session.session for clients in self._open.values()]
+        sessions = [_session_of(next(iter(clients))) for clients in self._open.values()]
         for session in await self._sessions.missing(sessions):
             clients = self._open.get(session.digest, set())
             log.info("session_expired", connections=len(clients))
@@ -197,108 +251,122 @@ class ConnectionHandler:
         for clients in self._open.values():
             for client in clients:
                 if not client.closed:
-                    user = client.session.session.user_id
-                    leases.setdefault(user, []).append(client.conn_id)
+                    leases.setdefault(_session_of(client).user_id, []).append(client.conn_id)
         await self._admission.renew(leases)
 
-    async def __call__(self, ws: ServerConnection) -> None:
-        self.sockets += 1
-        try:
-            await self._handle(ws)
-        finally:
-            self.sockets -= 1
-
-    async def _refuse(self, ws: ServerConnection) -> bool:
-        """Close ``ws`` when the process cannot take it now; True if it was closed."""
+    def _refusal(self) -> tuple[CloseCode, str] | None:
+        """Why the process cannot take one more connection now, if it cannot."""
         if self.sockets > self._settings.admission.max_connections:
             log.warning("connection_refused", reason="gateway_full")
-            await ws.close(CloseCode.TRY_AGAIN_LATER, "gateway at its connection limit")
-            return True
+            return CloseCode.TRY_AGAIN_LATER, "gateway at its connection limit"
         if not self._subscriber.ready:
             log.info("connection_refused", reason="redis_unavailable")
-            await ws.close(CloseCode.TRY_AGAIN_LATER, "Redis unavailable; try again later")
-            return True
-        refusal = await self._admission.check_ip(self._client_ip(ws))
-        if refusal is not None:
-            log.info("connection_refused", reason="ip_attempts", remote=_remote(ws))
-            await ws.close(CloseCode.RATE_LIMITED, refusal.value)
-            return True
-        return False
+            return CloseCode.TRY_AGAIN_LATER, "Redis unavailable; try again later"
+        return None
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        conn_id = secrets.token_hex(6)
-        structlog.contextvars.bind_contextvars(conn=conn_id)
+    async def login(self, client: ClientConnection) -> None:
+        """Admit, authenticate and welcome a new connection, or close it saying why."""
+        structlog.contextvars.bind_contextvars(conn=client.conn_id)  # this task's context
+        refusal = self._refusal()
+        if refusal is None:
+            ip_refusal = await self._admission.check_ip(self._client_ip(client))
+            if ip_refusal is not None:
+                log.info("connection_refused", reason="ip_attempts", remote=_remote(client))
+                refusal = CloseCode.RATE_LIMITED, ip_refusal.value
+        if refusal is not None:
+            client.close(*refusal)
+            return
         try:
-            if await self._refuse(ws):
-                return
-            session = await self._authenticate(ws)
-            refusal = await self._admission.admit(session.user_id, conn_id)
+            session = await self._authenticate(client)
+            if session is None:
+                return  # gone before it said who it is
+            admitted = await self._admission.admit(session.user_id, client.conn_id)
         except AuthFailure as exc:
-            log.info("auth_failed", reason=exc.reason, remote=_remote(ws))
+            log.info("auth_failed", reason=exc.reason, remote=_remote(client))
             self.auth_failures[exc.reason] += 1
             reason = _AUTH_REASONS.get(
                 exc.reason, "unauthorized: unknown, expired or invalid session"
             )
-            await ws.close(CloseCode.UNAUTHORIZED, reason)
+            client.close(CloseCode.UNAUTHORIZED, reason)
             return
         except RedisError as exc:
             log.warning("auth_unavailable", error=type(exc).__name__)
-            await ws.close(CloseCode.TRY_AGAIN_LATER, "session store unavailable; try again later")
-            return
-        except ConnectionClosed:
+            client.close(CloseCode.TRY_AGAIN_LATER, "session store unavailable; try again later")
             return
         structlog.contextvars.bind_contextvars(user=session.user_id)
-        if refusal is not None:
-            log.info("connection_refused", reason=refusal.name.lower())
-            await ws.close(CloseCode.RATE_LIMITED, refusal.value)
+        if admitted is not None:
+            log.info("connection_refused", reason=admitted.name.lower())
+            client.close(CloseCode.RATE_LIMITED, admitted.value)
             return
-        try:
-            await self._run(ws, conn_id, session)
-        finally:
-            with contextlib.suppress(RedisError):
-                await self._admission.release(session.user_id, conn_id)
-            log.info(
-                "connection_closed",
-                code=ws.close_code,
-                duration_s=round(loop.time() - started, 3),
-            )
-
-    async def _run(self, ws: ServerConnection, conn_id: str, session: Session) -> None:
         loop = asyncio.get_running_loop()
-        _release_handshake(ws)
-        state = ClientSession(session, self._policy, self._settings.limits, loop.time())
-        client = ClientConnection(ws, conn_id, state, self._settings.limits.max_buffer_bytes, self)
+        # The request is never read again; its headers held the bearer token.
+        client.request = None
+        client.session = ClientSession(session, self._policy, self._settings.limits, loop.time())
         self.connections += 1
         self._open.setdefault(session.digest, set()).add(client)
-        log.info("connection_opened", remote=_remote(ws))
-        try:
-            client.send(welcome_frame(session.user_id, conn_id, self._settings.heartbeat_s))
-            await self._serve(ws, client, state)
-        finally:
-            self.connections -= 1
-            peers = self._open[session.digest]
-            peers.discard(client)
-            if not peers:
-                del self._open[session.digest]
-            client.closed = True
-            self._registry.leave(client, state.channels)
+        log.info("connection_opened", remote=_remote(client))
+        client.send(welcome_frame(session.user_id, client.conn_id, self._settings.heartbeat_s))
 
-    def _client_ip(self, ws: ServerConnection) -> str:
+    def finished(self, client: ClientConnection) -> None:
+        """The connection is gone (and no step of it runs): forget it everywhere."""
+        assert client.started is not None
+        duration_s = asyncio.get_running_loop().time() - client.started
+        self.sockets -= 1
+        self._on_closed(client.close_code, duration_s)
+        state = client.session
+        if state is None:
+            return
+        session = state.session
+        self.connections -= 1
+        peers = self._open[session.digest]
+        peers.discard(client)
+        if not peers:
+            del self._open[session.digest]
+        self._registry.leave(client, state.channels)
+        self.background(self._release(session.user_id, client.conn_id))
+        log.info(
+            "connection_closed",
+            conn=client.conn_id,
+            user=session.user_id,
+            code=client.close_code,
+            duration_s=round(duration_s, 3),
+        )
+
+    def background(self, work: Coroutine[None, None, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def settle(self, timeout_s: float) -> None:
+        """Let logins, subscribes and slot releases under way finish (Redis closes next);
+        cancel what is still running after ``timeout_s``."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _release(self, user_id: str, conn_id: str) -> None:
+        with contextlib.suppress(RedisError):
+            await self._admission.release(user_id, conn_id)
+
+    def _client_ip(self, client: ClientConnection) -> str:
         header = self._settings.admission.trusted_proxy_header
-        if header is not None and ws.request is not None:
+        if header is not None and client.request is not None:
             # The trusted proxy appends the address it saw: the last entry of the last
             # line (HAProxy adds a line of its own after any the client sent).
-            values = ws.request.headers.get_all(header)
+            values = client.request.headers.get_all(header)
             if values and values[-1].strip():
                 return values[-1].split(",")[-1].strip()
-        address = ws.remote_address
-        return str(address[0]) if isinstance(address, tuple) else str(address)
+        address = client.remote_address
+        return "unknown" if address is None else address[0]
 
-    async def _authenticate(self, ws: ServerConnection) -> Session:
-        assert ws.request is not None
-        header = ws.request.headers.get("Authorization")
+    async def _authenticate(self, client: ClientConnection) -> Session | None:
+        assert client.request is not None
+        header = client.request.headers.get("Authorization")
         if header is not None:
             scheme, _, token = header.strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
@@ -306,41 +374,39 @@ class ConnectionHandler:
             return await self._sessions.load(token.strip())
         try:
             async with asyncio.timeout(self._settings.auth_timeout_s):
-                data = await ws.recv()
+                data = await client.first_message()
         except TimeoutError:
             raise AuthFailure("auth_timeout") from None
+        if data is None:
+            return None
         command = parse_command(data)
         if not isinstance(command, Auth):
             raise AuthFailure("first_frame_not_auth")
         return await self._sessions.load(command.token)
 
-    async def _serve(
-        self, ws: ServerConnection, client: ClientConnection, state: ClientSession
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        registry = self._registry
-        try:
-            async for data in ws:
-                action = state.receive(data, loop.time())
-                if isinstance(action, Reply):
-                    client.send(action.frame)
-                elif isinstance(action, SubscribeChannel):
-                    await self._subscribe(client, state, action)
-                elif isinstance(action, UnsubscribeChannel):
-                    log.debug("unsubscribed", channel=action.channel)
-                    registry.leave(client, [action.channel])
-                    client.send(action.frame)
-                elif isinstance(action, Close):
-                    log.info("connection_rate_limited")
-                    await ws.close(action.code, action.reason)
-                    return
-        except ConnectionClosed:
+    def command(self, client: ClientConnection, data: str | bytes) -> None:
+        """Handle one message of a logged-in client."""
+        state = client.session
+        if state is None or client.closed:
             return
+        action = state.receive(data, asyncio.get_running_loop().time())
+        if isinstance(action, Reply):
+            client.send(action.frame)
+        elif isinstance(action, SubscribeChannel):
+            client.run_step(self._subscribe(client, state, action))
+        elif isinstance(action, UnsubscribeChannel):
+            log.debug("unsubscribed", conn=client.conn_id, channel=action.channel)
+            self._registry.leave(client, [action.channel])
+            client.send(action.frame)
+        elif isinstance(action, Close):
+            log.info("connection_rate_limited", conn=client.conn_id, user=client.user_id)
+            client.close(action.code, action.reason)
 
     async def _subscribe(
         self, client: ClientConnection, state: ClientSession, action: SubscribeChannel
     ) -> None:
         """Join the channel, recover from ``since`` if asked, then reply and go live."""
+        structlog.contextvars.bind_contextvars(conn=client.conn_id, user=client.user_id)
         channel, ref = action.channel, action.ref
         try:
             async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
@@ -378,29 +444,11 @@ class ConnectionHandler:
         client.send(b"".join([reply, *frames, tail]))
 
 
-_NO_HEADERS = Headers()
+def _session_of(client: ClientConnection) -> Session:
+    assert client.session is not None  # only logged-in clients are in ConnectionHandler._open
+    return client.session.session
 
 
-def _release_handshake(ws: ServerConnection) -> None:
-    """Free the upgrade request's and response's headers, never read after authentication.
-
-    They were the largest objects an idle connection kept (about 4 KiB of RSS), and
-    the request's held the bearer token for the connection's whole life.
-    """
-    if ws.request is not None:
-        ws.request.headers = _NO_HEADERS
-    if ws.response is not None:
-        ws.response.headers = _NO_HEADERS
-
-
-def _consume_exception(task: asyncio.Future[float]) -> None:
-    # A ping cut short by the connection closing: nothing to report.
-    if not task.cancelled():
-        task.exception()
-
-
-def _remote(ws: ServerConnection) -> str:
-    address = ws.remote_address
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}"
-    return str(address)
+def _remote(client: ClientConnection) -> str:
+    address = client.remote_address
+    return "unknown" if address is None else f"{address[0]}:{address[1]}"

@@ -1,4 +1,4 @@
-"""Plain HTTP endpoints served on the WebSocket port, through ``process_request``.
+"""Plain HTTP endpoints served on the WebSocket port, answered before the upgrade.
 
 Each route is a function of the request returning a response; :func:`text_response`,
 :func:`json_response` and :func:`bytes_response` build the usual ones, :func:`asset_route`
@@ -14,7 +14,6 @@ from http import HTTPStatus
 
 import orjson
 import structlog
-from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
@@ -25,7 +24,7 @@ __all__ = [
     "bearer_protected",
     "bytes_response",
     "json_response",
-    "make_process_request",
+    "route_requests",
     "text_response",
 ]
 
@@ -115,12 +114,12 @@ def asset_route(
     return route
 
 
-def make_process_request(
+def route_requests(
     routes: Mapping[str, Route],
-) -> Callable[[ServerConnection, Request], Awaitable[Response | None]]:
-    """Serve ``routes`` over plain HTTP; let ``/ws`` through to the WebSocket handshake."""
+) -> Callable[[Request], Response | Awaitable[Response] | None]:
+    """Serve ``routes`` over plain HTTP; let ``/ws`` through to the WebSocket upgrade."""
 
-    async def process_request(_connection: ServerConnection, request: Request) -> Response | None:
+    def respond(request: Request) -> Response | Awaitable[Response] | None:
         path = request.path.partition("?")[0]
         if path == WS_PATH:
             return None
@@ -129,7 +128,6 @@ def make_process_request(
             return text_response(
                 HTTPStatus.NOT_FOUND, f"not found; the WebSocket endpoint is {WS_PATH}\n"
             )
-        response = route(request)
-        return response if isinstance(response, Response) else await response
+        return route(request)
 
-    return process_request
+    return respond

@@ -50,9 +50,11 @@ class CloseCode(enum.IntEnum):
     """WebSocket close codes the gateway sends."""
 
     SHUTDOWN = 1001
+    INVALID_DATA = 1007
     POLICY = 1008
     TOO_BIG = 1009
     PING_TIMEOUT = 1011
+    INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
     UNAUTHORIZED = 4001
     SLOW_CONSUMER = 4008

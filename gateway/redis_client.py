@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import redis
@@ -22,6 +23,7 @@ __all__ = [
     "AnyRedis",
     "async_cluster",
     "async_redis",
+    "raise_if_cancelled",
     "redis_kwargs",
     "sync_cluster",
     "sync_redis",
@@ -29,6 +31,18 @@ __all__ = [
 
 #: A single Redis (or Sentinel-managed master) or a Redis Cluster.
 AnyRedis = redis.asyncio.Redis | RedisCluster
+
+
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation that arrived as a :class:`RedisError`.
+
+    A cancel that lands mid-command can come out of redis-py (or out of a cleanup in a
+    ``finally``, closing a dead connection) as a connection error. A loop that retries
+    on RedisError would swallow its own cancel and run on after ``stop()``.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class _SentinelRedis(redis.asyncio.Redis):

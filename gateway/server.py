@@ -11,7 +11,6 @@ from http import HTTPStatus
 import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
-from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 from websockets.typing import Origin
 
@@ -22,7 +21,7 @@ from gateway.browser import browser_routes
 from gateway.channels import CONTROL_CHANNEL
 from gateway.cluster import ClusterSubscriber
 from gateway.config import GatewaySettings
-from gateway.connection import ConnectionHandler
+from gateway.connection import ClientConnection, ConnectionHandler
 from gateway.diagnose import RedisSetupError, diagnose
 from gateway.history import Position
 from gateway.http import (
@@ -30,19 +29,26 @@ from gateway.http import (
     bearer_protected,
     bytes_response,
     json_response,
-    make_process_request,
+    route_requests,
     text_response,
 )
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from gateway.protocol import CloseCode
 from gateway.recovery import HistoryReader, Recoverer
-from gateway.redis_client import AnyRedis, async_cluster, async_redis
+from gateway.redis_client import AnyRedis, async_cluster, async_redis, raise_if_cancelled
 from gateway.registry import Registry
 from gateway.status import status_report
 from gateway.subscriber import Backoff, Subscriber
+from gateway.websocket import WebSocketOptions, WebSocketServer
 
 __all__ = ["Gateway"]
 
 log = structlog.get_logger("gateway.server")
+
+#: seconds a close handshake may take before the TCP connection is dropped
+CLOSE_TIMEOUT_S = 5.0
+#: seconds stop() gives logins, subscribes and slot releases under way before Redis closes
+SETTLE_TIMEOUT_S = 2.0
 
 
 class Gateway:
@@ -91,9 +97,11 @@ class Gateway:
                 self.redis, settings.admission, lease_s=max(10.0, 3 * settings.session_recheck_s)
             ),
             self.history,
+            respond=route_requests(self._routes()),
+            on_closed=self.metrics.connection_closed,
         )
         self.metrics.track(self.registry, self.handler, self.subscriber)
-        self._server: Server | None = None
+        self._server: WebSocketServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
         #: set when Redis refuses the configuration at start (see :meth:`start`)
@@ -109,22 +117,13 @@ class Gateway:
     def port(self) -> int:
         """The bound port (useful with port 0)."""
         assert self._server is not None, "start() first"
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        return self._server.port
 
     def _on_control(self, payload: bytes) -> None:
         self.handler.on_control(payload)
 
     def _on_resubscribed(self, channel: str, since: Position) -> None:
         self.recoverer.start(channel, since)
-
-    async def _handle(self, ws: ServerConnection) -> None:
-        """Serve one connection, then count its close code and lifetime."""
-        started = time.monotonic()
-        try:
-            await self.handler(ws)
-        finally:
-            self.metrics.connection_closed(ws.close_code, time.monotonic() - started)
 
     def _routes(self) -> dict[str, Route]:
         def healthz(_request: Request) -> Response:
@@ -183,6 +182,7 @@ class Gateway:
                 self.access_checked.set()
                 return
             except RedisError as exc:  # LOADING, or Redis went away again: check later
+                raise_if_cancelled()
                 delay = backoff.next_delay()
                 log.warning(
                     "redis_access_unchecked",
@@ -218,23 +218,17 @@ class Gateway:
         if settings.admission.allowed_origins:
             # Browsers always send Origin; services without one are not a CSWSH vector.
             origins = [*(Origin(o) for o in settings.admission.allowed_origins), None]
-        self._server = await serve(
-            self._handle,
-            settings.host,
-            settings.port,
-            process_request=make_process_request(self._routes()),
-            origins=origins,
-            compression="deflate" if settings.compression else None,
+        options = WebSocketOptions(
             max_size=settings.limits.max_frame_bytes,
-            # One heartbeat task for all connections (ConnectionHandler.heartbeat)
-            # instead of websockets' keepalive task per connection.
-            ping_interval=None,
-            ping_timeout=None,
-            close_timeout=5,
-            open_timeout=settings.handshake_timeout_s,
-            server_header=None,
-            reuse_port=self._reuse_port,
+            max_buffer=settings.limits.max_buffer_bytes,
+            origins=origins,
+            compression=settings.compression,
+            handshake_timeout_s=settings.handshake_timeout_s,
+            close_timeout_s=CLOSE_TIMEOUT_S,
         )
+        handler = self.handler
+        self._server = WebSocketServer(lambda server: ClientConnection(server, handler), options)
+        await self._server.listen(settings.host, settings.port, reuse_port=self._reuse_port)
         log.info("gateway_started", host=settings.host, port=self.port, redis=settings.redis.url())
 
     async def stop(self) -> None:
@@ -242,13 +236,12 @@ class Gateway:
         if self._stopped:
             return
         self._stopped = True
-        if self._server is not None:
-            self._server.close(close_connections=True)
-            try:
-                async with asyncio.timeout(self.settings.shutdown_timeout_s):
-                    await self._server.wait_closed()
-            except TimeoutError:
-                log.warning("shutdown_deadline_passed", timeout_s=self.settings.shutdown_timeout_s)
+        timeout_s = self.settings.shutdown_timeout_s
+        if self._server is not None and not await self._server.close(
+            CloseCode.SHUTDOWN, "", timeout_s
+        ):
+            log.warning("shutdown_deadline_passed", timeout_s=timeout_s)
+        await self.handler.settle(SETTLE_TIMEOUT_S)
         await self.recoverer.close()
         for task in self._tasks:
             task.cancel()

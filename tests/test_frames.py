@@ -16,8 +16,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import ServerConnection
-from websockets.asyncio.server import serve as start_server
 from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
@@ -25,7 +23,6 @@ from websockets.uri import parse_uri
 
 from bench.autobahn.echo import port_of, start
 from gateway.protocol import binary_frame, text_frame
-from gateway.writer import FrameWriter
 
 # Payload lengths where the header changes: 7-bit, 16-bit and 64-bit lengths.
 BOUNDARIES = [0, 1, 125, 126, 127, 65535, 65536, 65537]
@@ -95,8 +92,7 @@ async def echo_client() -> AsyncIterator[ClientConnection]:
         async with connect(url, max_size=None, compression=None) as ws:
             yield ws
     finally:
-        server.close()
-        await server.wait_closed()
+        await server.close(1001, "", timeout_s=5)
 
 
 def _text_of_bytes(length: int) -> str:
@@ -130,18 +126,10 @@ async def test_echo_endpoint_answers_a_fragmented_message_with_one_message(
         await pong
 
 
-async def test_no_data_frame_follows_the_close_frame() -> None:
-    """A message and a close arrive together: the library answers the close before the
-    handler's echo, and the writer must then drop the echo (RFC 6455 section 5.5.1)."""
-    writers: list[FrameWriter] = []
-
-    async def handler(ws: ServerConnection) -> None:
-        writer = FrameWriter(ws, 1 << 20)
-        writers.append(writer)
-        async for message in ws:
-            writer.send(text_frame(str(message).encode()))
-
-    server = await start_server(handler, "127.0.0.1", 0, compression=None)
+async def _exchange_raw(frames: bytes) -> bytes:
+    """Upgrade a raw socket to the echo endpoint, send ``frames`` in one write, and
+    return every byte the server sends until it drops the TCP connection."""
+    server = await start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
         writer.write(
@@ -151,17 +139,35 @@ async def test_no_data_frame_follows_the_close_frame() -> None:
         )
         async with asyncio.timeout(5):
             assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
-            close = Frame(Opcode.CLOSE, Close(1000, "").serialize())
-            # One write, so the server reads both frames at once.
-            writer.write(
-                Frame(Opcode.TEXT, b"echo me").serialize(mask=True) + close.serialize(mask=True)
-            )
-            received = await reader.read()  # until the server drops the TCP connection
+            writer.write(frames)  # one write, so the server reads them at once
+            received = await reader.read()
         writer.close()
     finally:
-        server.close()
-        await server.wait_closed()
+        await server.close(1001, "", timeout_s=5)
+    return received
+
+
+async def test_no_data_frame_follows_the_close_frame() -> None:
+    """A message and a close arrive together: the close is answered and the message's
+    echo is dropped, since no data frame may follow a close frame (RFC 6455 5.5.1)."""
+    close = Frame(Opcode.CLOSE, Close(1000, "").serialize())
+    received = await _exchange_raw(
+        Frame(Opcode.TEXT, b"echo me").serialize(mask=True) + close.serialize(mask=True)
+    )
     _, frames = _client_reads(received)
     assert [frame.opcode for frame in frames] == [Opcode.CLOSE]
     assert Close.parse(frames[0].data).code == 1000
-    assert [w.closed for w in writers] == [True]  # the handler did try to echo
+
+
+async def test_invalid_utf8_text_fails_the_connection_with_1007() -> None:
+    # A text message split inside a 3-byte character is valid; one with a bare 0xff is not.
+    good = "\u20ac".encode()
+    received = await _exchange_raw(
+        Frame(Opcode.TEXT, good[:1], fin=False).serialize(mask=True)
+        + Frame(Opcode.CONT, good[1:]).serialize(mask=True)
+        + Frame(Opcode.TEXT, b"ok \xff").serialize(mask=True)
+    )
+    _, frames = _client_reads(received)
+    assert [frame.opcode for frame in frames] == [Opcode.TEXT, Opcode.CLOSE]
+    assert frames[0].data == good
+    assert Close.parse(frames[1].data).code == 1007

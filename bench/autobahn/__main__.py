@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,8 +23,6 @@ from pathlib import Path
 #: The version this script was checked with (docs/benchmarks.md has its figures).
 WSTEST_PACKAGE = "autobahntestsuite==25.10.1"
 WSTEST_DIR = Path.home() / ".cache" / "notify-gateway" / "wstest"
-#: Fragments per message websockets accepts here (its default, 4096, is a read-side DoS guard).
-MAX_FRAGMENTS = 2**17
 #: 12.* and 13.*: permessage-deflate, off in the gateway unless GATEWAY_COMPRESSION=deflate.
 #: 7.1.5: a close frame in the middle of a fragmented message. websockets' reader (not our
 #: writer) answers 1002 "incomplete fragmented message" where the suite wants 1000; the
@@ -80,10 +77,8 @@ def write_spec(reports: Path, port: int) -> Path:
 
 def start_echo() -> tuple[subprocess.Popen[str], int]:
     """Start the echo endpoint on a free loopback port; returns the process and its port."""
-    # Read at import by websockets: 9.3.1 sends a 4 MiB message in 64-byte fragments (see echo.py).
-    env = {**os.environ, "WEBSOCKETS_MAX_FRAGMENTS": str(MAX_FRAGMENTS)}
     command = [sys.executable, "-m", "bench.autobahn.echo", "--port", "0"]
-    echo = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    echo = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert echo.stdout is not None
     line = echo.stdout.readline()  # the endpoint prints its URL once it listens
     if not line.startswith("echo endpoint on ws://127.0.0.1:"):

@@ -1,17 +1,16 @@
 """An echo endpoint built from the gateway's own connection code.
 
-The websockets server is configured like the gateway's (no compression, no
-``Server`` header) and reads, validates and closes exactly as the gateway does;
-every message is echoed through the gateway's raw write path: a frame built once
-by :func:`gateway.protocol.text_frame` / :func:`~gateway.protocol.binary_frame`
-and written by :class:`gateway.writer.FrameWriter` (OPEN-state rule, buffer cap).
+The server is configured like the gateway's (no compression), and reads, validates
+and closes exactly as the gateway does: it is a :class:`gateway.websocket.WebSocket`,
+websockets' sans-I/O protocol on an asyncio transport, whose every message is echoed
+through the gateway's raw write path: a frame built once by
+:func:`gateway.protocol.text_frame` / :func:`~gateway.protocol.binary_frame` and
+written by :meth:`~gateway.websocket.WebSocket.send` (OPEN-state rule, buffer cap).
 
-Read-side limits differ from the gateway's defaults, on purpose: the Autobahn
-9.x cases send messages of up to 16 MiB, some in more than 65536 fragments, which the
-gateway refuses by design (1009 above ``GATEWAY_MAX_FRAME_BYTES``, 64 KiB by
-default; websockets' own cap of 4096 fragments, raised for this endpoint with
-``WEBSOCKETS_MAX_FRAGMENTS`` by the compliance script), and the echo of such a
-message must fit the outgoing buffer cap. Keepalive pings are off so that no
+Read-side limits differ from the gateway's defaults, on purpose: the Autobahn 9.x
+cases send messages of up to 16 MiB, which the gateway refuses by design (1009 above
+``GATEWAY_MAX_FRAME_BYTES``, 64 KiB by default), and the echo of such a message must
+fit the outgoing buffer cap. The endpoint sends no heartbeat pings, so that no
 unsolicited ping lands in the middle of a test case.
 
     .venv/bin/python -m bench.autobahn.echo [--port 9001]
@@ -23,52 +22,41 @@ import argparse
 import asyncio
 import contextlib
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
-
 from gateway.protocol import binary_frame, text_frame
-from gateway.writer import FrameWriter
+from gateway.websocket import WebSocket, WebSocketOptions, WebSocketServer
 
 #: Largest message accepted (the biggest Autobahn case is 16 MiB) and buffered on the way out.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 
-async def echo(ws: ServerConnection) -> None:
+class Echo(WebSocket):
     """Echo each message, text as text and binary as binary, until the peer closes."""
-    writer = FrameWriter(ws, MAX_MESSAGE_BYTES)
-    try:
-        async for message in ws:
-            if isinstance(message, str):
-                writer.send(text_frame(message.encode()))
-            else:
-                writer.send(binary_frame(message))
-    except ConnectionClosed:
-        return  # a protocol error or a dropped peer: websockets already closed correctly
+
+    __slots__ = ()
+
+    def received(self, data: str | bytes) -> None:
+        if isinstance(data, str):
+            self.send(text_frame(data.encode()))
+        else:
+            self.send(binary_frame(data))
 
 
-async def start(host: str = "127.0.0.1", port: int = 0) -> Server:
+async def start(host: str = "127.0.0.1", port: int = 0) -> WebSocketServer:
     """Start the echo endpoint; ``port=0`` picks a free port (read it from the result)."""
-    return await serve(
-        echo,
-        host,
-        port,
-        compression=None,
-        max_size=MAX_MESSAGE_BYTES,
-        ping_interval=None,
-        close_timeout=5,
-        server_header=None,
-    )
+    options = WebSocketOptions(max_size=MAX_MESSAGE_BYTES, max_buffer=MAX_MESSAGE_BYTES)
+    server = WebSocketServer(Echo, options)
+    await server.listen(host, port)
+    return server
 
 
-def port_of(server: Server) -> int:
-    port: int = server.sockets[0].getsockname()[1]
-    return port
+def port_of(server: WebSocketServer) -> int:
+    return server.port
 
 
 async def _main(port: int) -> None:
     server = await start(port=port)
     print(f"echo endpoint on ws://127.0.0.1:{port_of(server)}", flush=True)
-    await server.serve_forever()
+    await asyncio.Event().wait()  # until Ctrl-C
 
 
 def main() -> None:
