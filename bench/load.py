@@ -16,6 +16,7 @@ import asyncio
 import bisect
 import contextlib
 import gc
+import itertools
 import os
 import sys
 import time
@@ -29,6 +30,7 @@ from bench.wire import MARK, STAMP_DIGITS, WS_ACCEPT, client_text_frame, token, 
 
 _SUBSCRIBED = b'"type":"subscribed"'
 _TAIL = len(MARK) - 1
+_now = time.monotonic_ns
 
 
 @dataclass
@@ -67,15 +69,15 @@ class Run:
 class Client(asyncio.Protocol):
     __slots__ = (
         "buf",
+        "chunks",
         "count",
         "done",
-        "ends",
         "ready",
         "request",
         "run",
         "stage",
-        "stream",
         "subscribe",
+        "tallied",
         "times",
         "transport",
     )
@@ -90,10 +92,10 @@ class Client(asyncio.Protocol):
         self.stage = 0  # 0 handshake, 1 awaiting subscribed, 2 counting
         self.count = 0
         self.done = run.spec.expected == 0
-        # Latency mode: every byte received, each read's end offset and arrival time.
-        self.stream = bytearray()
-        self.ends = array.array("q")
+        # Latency mode: every read's bytes and arrival time; how many reads were counted.
+        self.chunks: list[bytes] = []
         self.times = array.array("q")
+        self.tallied = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -106,6 +108,12 @@ class Client(asyncio.Protocol):
             self.run.lost += 1
 
     def data_received(self, data: bytes) -> None:
+        if self.stage == 3:
+            # Latency: the least work per read, what arrived and when; the stamps are
+            # read after the run, so the client's own cost adds little to what it measures.
+            self.times.append(_now())
+            self.chunks.append(data)
+            return
         if self.stage == 2:
             self._count(data)
             return
@@ -141,21 +149,18 @@ class Client(asyncio.Protocol):
                 self.transport.close()
                 return
             if opcode == 0x1 and _SUBSCRIBED in frame:
-                self.stage = 2
+                self.stage = 3 if self.run.spec.latency else 2
                 self.buf = b""
                 self.ready.set_result(None)
                 if buf:
-                    self._count(buf)
+                    self.data_received(buf)
                 return
         self.buf = buf
 
     def _count(self, data: bytes) -> None:
         run = self.run
-        if run.spec.latency:
-            found = self._record(data)
-        else:
-            found = data.count(MARK) + (self.buf + data[:_TAIL]).count(MARK)
-            self.buf = data[-_TAIL:]
+        found = data.count(MARK) + (self.buf + data[:_TAIL]).count(MARK)
+        self.buf = data[-_TAIL:]
         if not found:
             return
         if run.first_ns == 0:
@@ -166,25 +171,23 @@ class Client(asyncio.Protocol):
             self.done = True
             run.client_done(time.monotonic_ns())
 
-    def _record(self, data: bytes) -> int:
-        """Keep the bytes and the time they arrived; the stamps are read after the run.
-
-        The least work per read (C calls only, no Python objects kept but the bytes'
-        copy), so the client's own cost adds as little as it can to what it measures.
-        """
-        self.times.append(time.monotonic_ns())
-        stream = self.stream
-        before = len(stream)
-        stream += data
-        self.ends.append(len(stream))
-        found = data.count(MARK)
-        if before and stream[before - 1] != 0x7D:  # the last read ended mid-frame ("}" ends one)
-            found += stream.count(MARK, before - _TAIL, before + _TAIL)
-        return found
+    def tally(self) -> None:
+        """Latency mode: count the deliveries recorded so far (between reads, not in them)."""
+        if self.done or len(self.chunks) == self.tallied:
+            return
+        self.tallied = len(self.chunks)
+        stream = b"".join(self.chunks)
+        found = stream.count(MARK)
+        self.run.delivered += found - self.count
+        self.count = found
+        if found >= self.run.spec.expected:
+            self.done = True
+            self.run.client_done(self.times[-1])
 
     def stamps(self, per_message: dict[int, list[int]]) -> list[int]:
         """The latencies of this client's deliveries; widens each message's [first, last]."""
-        stream, ends, times = bytes(self.stream), self.ends, self.times
+        stream, times = b"".join(self.chunks), self.times
+        ends = list(itertools.accumulate(len(chunk) for chunk in self.chunks))
         out: list[int] = []
         start = len(MARK)
         i = stream.find(MARK)
@@ -226,6 +229,23 @@ async def _open(run: Run, i: int, gate: asyncio.Semaphore) -> Client | str:
         except (OSError, TimeoutError) as exc:
             return type(exc).__name__ + (f": {exc}" if str(exc) else "")
     return client
+
+
+async def _tally_after_publishing(clients: list[Client]) -> None:
+    """Latency mode: once the orchestrator says the publisher is done, count what arrived.
+
+    Nothing is counted while messages arrive (the reads only record), so the count
+    waits for ``published`` on stdin, then runs every few ms until every client is done.
+    """
+    loop = asyncio.get_running_loop()
+    line = await loop.run_in_executor(None, sys.stdin.readline)
+    if line.strip() != "published":
+        raise RuntimeError(f"expected 'published' on stdin, got {line!r}")
+    run = clients[0].run if clients else None
+    while run is not None and not run.all_done.done():
+        for client in clients:
+            client.tally()
+        await asyncio.sleep(0.005)
 
 
 def _percentile(ordered: list[int], q: float) -> float:
@@ -285,6 +305,8 @@ async def main(spec: Spec) -> None:
         gc.disable()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(spec.timeout_s):
+            if spec.latency:
+                await _tally_after_publishing(clients)
             await run.all_done
     cpu_s = time.process_time() - cpu_at_ready
     usage = os.times()

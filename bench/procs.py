@@ -203,6 +203,12 @@ class Child:
         result: dict[str, Any] = orjson.loads(line)
         return result
 
+    def send(self, line: str) -> None:
+        """One line to the child's stdin."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        self.process.stdin.flush()
+
     def finish(self) -> None:
         if self.process.stdin is not None and self.process.poll() is None:
             try:

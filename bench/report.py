@@ -93,16 +93,26 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _per_delivery(r: dict[str, Any], side: str) -> str:
+    """CPU microseconds per delivery, user + system (steadier than the wall-clock figures)."""
+    user, system = r.get(f"{side}_user_s"), r.get(f"{side}_sys_s")
+    if user is None or system is None or not r["delivered"]:
+        return "-"
+    scale = 1e6 / r["delivered"]
+    return f"{user * scale:.1f} + {system * scale:.1f}"
+
+
 def breakdown(results: dict[str, Any]) -> list[list[str]]:
     """Per latency row, where the time went: the median message's first and last read.
 
     first: publish to the first client's read (Redis, the server up to its first write,
     one socket); spread: first read to last read (the fan-out to every socket and the
     client's reads of them); server fan-out: the server's own time per message or batch
-    (the gateway's fanout histogram mean, the blaster's p50).
+    (the gateway's fanout histogram mean, the blaster's p50); CPU per delivery, user and
+    kernel apart: one write on the server, one read on the client.
     """
     out = [["scenario", "server", "first p50", "spread p50 / p99", "server fan-out",
-            "server CPU-s user / sys", "client CPU-s user / sys"]]  # fmt: skip
+            "server CPU us/delivery user + sys", "client CPU us/delivery user + sys"]]  # fmt: skip
     latency_rows = []
     for row in rows(results):
         floor = _floor(results, row)
@@ -121,8 +131,8 @@ def breakdown(results: dict[str, Any]) -> list[list[str]]:
             _ms(lat.get("first_p50_ms")),
             f"{_ms(lat.get('spread_p50_ms'))} / {_ms(lat.get('spread_p99_ms'))}",
             _ms(fan_ms),
-            f"{_ms(r.get('server_user_s'))} / {_ms(r.get('server_sys_s'))}",
-            f"{_ms(r.get('client_user_s'))} / {_ms(r.get('client_sys_s'))}",
+            _per_delivery(r, "server"),
+            _per_delivery(r, "client"),
         ])  # fmt: skip
     return out if len(out) > 1 else []
 

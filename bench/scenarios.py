@@ -208,6 +208,8 @@ def sustained(
         fanout = _Fanout(server)
         user, system = server.cpu_split()
         _publish(redis_port, [BROADCAST], m, rate=rate)
+        for load in loads:
+            load.send("published")  # the load client counts only now (its reads just record)
         done = _merge([load.event(sizes.sustained_s + 90) for load in loads])
         user_after, system_after = server.cpu_split()
         user, system = user_after - user, system_after - system
