@@ -1,10 +1,12 @@
 """``python -m bench [--quick | --full]``: run every scenario against both servers.
 
-Starts a private redis-server, the load client's ceiling server, then for each of
-notify-gateway (``python -m gateway serve``) and the naive baseline a fresh
-process pinned to one core, and runs the scenarios with the load client,
-publisher and Redis on the other core. Prints a table, writes the JSON results
-and (except with ``--quick``) regenerates docs/benchmarks.md and its chart.
+Starts a private redis-server, the load client's ceiling server (throughput) and
+latency floor server (``bench.blaster`` relaying Redis, the sustained scenarios),
+then for each of notify-gateway (``python -m gateway serve``) and the naive
+baseline a fresh process pinned to one core, and runs the scenarios with the load
+client, publisher and Redis on the other core. Prints a table (and where the
+sustained latency goes), writes the JSON results and (except with ``--quick`` or
+``--latency-only``) regenerates docs/benchmarks.md and its chart.
 """
 
 from __future__ import annotations

@@ -5,8 +5,12 @@ Usage (by the orchestrator): ``python -m bench.load '<json spec>'``. It opens
 line, counts deliveries until every client has its ``expected`` messages (or the
 timeout), prints a ``done`` line, then holds the connections until stdin closes
 or says ``exit``. Deliveries are counted by searching the received bytes for
-:data:`bench.wire.MARK` (C speed, no frame or JSON decoding); with ``latency``
-on, the publisher's timestamp after each mark is read as well.
+:data:`bench.wire.MARK` (C speed, no frame or JSON decoding).
+
+With ``latency`` on, a read only records its bytes and arrival time (two appends:
+the client's own cost per read is part of what it measures); the orchestrator says
+``published`` on stdin once the publisher is done, and only then are deliveries
+counted, and after the last one the publisher's timestamps read from the bytes.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ class Client(asyncio.Protocol):
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self.buf = b""
-        self.stage = 0  # 0 handshake, 1 awaiting subscribed, 2 counting
+        self.stage = 0  # 0 handshake, 1 awaiting subscribed, 2 counting, 3 recording
         self.count = 0
         self.done = run.spec.expected == 0
         # Latency mode: every read's bytes and arrival time; how many reads were counted.

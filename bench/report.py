@@ -248,7 +248,7 @@ def chart(results: dict[str, Any], png: Path) -> None:
             floors = [_floor(results, r) for r in selected]
             ax.scatter(
                 list(xs), [f["value"] if f else math.nan for f in floors],
-                color="grey", marker="_", s=400, label="load client latency floor",
+                color="grey", marker="_", s=1600, label="load client latency floor",
             )  # fmt: skip
         if title.startswith("throughput"):
             ax.axhline(
