@@ -1,10 +1,12 @@
 """``python -m bench [--quick | --full]``: run every scenario against both servers.
 
-Starts a private redis-server, the load client's ceiling server, then for each of
-notify-gateway (``python -m gateway serve``) and the naive baseline a fresh
-process pinned to one core, and runs the scenarios with the load client,
-publisher and Redis on the other core. Prints a table, writes the JSON results
-and (except with ``--quick``) regenerates docs/benchmarks.md and its chart.
+Starts a private redis-server, the load client's ceiling server (throughput) and
+latency floor server (``bench.blaster`` relaying Redis, the sustained scenarios),
+then for each of notify-gateway (``python -m gateway serve``) and the naive
+baseline a fresh process pinned to one core, and runs the scenarios with the load
+client, publisher and Redis on the other core. Prints a table (and where the
+sustained latency goes), writes the JSON results and (except with ``--quick`` or
+``--latency-only``) regenerates docs/benchmarks.md and its chart.
 """
 
 from __future__ import annotations
@@ -81,16 +83,25 @@ def _store_sessions(redis: Redis, count: int) -> None:
 
 
 def _run_target(
-    kind: str, redis: Redis, redis_port: int, sizes: Sizes, say: Callable[[str], None]
+    kind: str,
+    redis: Redis,
+    redis_port: int,
+    sizes: Sizes,
+    say: Callable[[str], None],
+    processes: int = 1,
+    latency_only: bool = False,
 ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     server = Server(kind, redis_port)
     try:
-        say(f"{kind}: broadcast burst")
-        out.append(scenarios.burst(server, redis, redis_port, sizes))
+        if not latency_only:
+            say(f"{kind}: broadcast burst")
+            out.append(scenarios.burst(server, redis, redis_port, sizes))
         for rate in sizes.rates:
             say(f"{kind}: sustained {rate} msg/s")
-            out.append(scenarios.sustained(server, redis, redis_port, sizes, rate))
+            out.append(scenarios.sustained(server, redis, redis_port, sizes, rate, processes))
+        if latency_only:
+            return out
         say(f"{kind}: personal channels")
         out.append(scenarios.personal(server, redis, redis_port, sizes))
     finally:
@@ -131,7 +142,29 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
         kind: [_median_row([run["targets"][kind][i] for run in runs]) for i in range(len(rows))]
         for kind, rows in runs[0]["targets"].items()
     }
-    return {"ceiling": _median_row([run["ceiling"] for run in runs]), "targets": targets}
+    ceiling = [run["ceiling"] for run in runs if "ceiling" in run]
+    floor = [_median_row([run["floor"][i] for run in runs]) for i in range(len(runs[0]["floor"]))]
+    return {
+        **({"ceiling": _median_row(ceiling)} if ceiling else {}),
+        "floor": floor,
+        "targets": targets,
+    }
+
+
+def _floor(
+    redis: Redis, redis_port: int, sizes: Sizes, say: Callable[[str], None], processes: int
+) -> list[dict[str, Any]]:
+    """The sustained scenarios against the blaster relaying Redis: the latency floor."""
+    out = []
+    relay = ["--redis-port", str(redis_port), "--channel", scenarios.BROADCAST]
+    blaster = Server("blaster", redis_port, relay)
+    try:
+        for rate in sizes.rates:
+            say(f"load client latency floor {rate} msg/s")
+            out.append(scenarios.sustained(blaster, redis, redis_port, sizes, rate, processes))
+    finally:
+        blaster.stop()  # before the servers under test: it would relay their messages too
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +180,17 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, default=1, help="run everything N times; report the medians"
     )
     parser.add_argument("--only", choices=("gateway", "baseline"), help="run one server only")
+    parser.add_argument(
+        "--load-processes",
+        type=int,
+        default=1,
+        help="split the sustained scenarios' clients over N load processes (same core)",
+    )
+    parser.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="only the latency floor and the sustained scenarios (implies --no-docs)",
+    )
     parser.add_argument(
         "--from-json", type=Path, help="run nothing: print and document the results in PATH"
     )
@@ -189,15 +233,21 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(args.repeat):
             say(f"run {k + 1} of {args.repeat}")
             run: dict[str, Any] = {"targets": {}}
-            say("load client ceiling")
-            blast = ["--clients", str(sizes.subscribers), "--messages", str(sizes.burst_messages)]
-            blaster = Server("blaster", redis_server.port, blast)
-            try:
-                run["ceiling"] = scenarios.ceiling(blaster, sizes)
-            finally:
-                blaster.stop()
+            if not args.latency_only:
+                say("load client ceiling")
+                m = sizes.burst_messages
+                blast = ["--clients", str(sizes.subscribers), "--messages", str(m)]
+                blaster = Server("blaster", redis_server.port, blast)
+                try:
+                    run["ceiling"] = scenarios.ceiling(blaster, sizes)
+                finally:
+                    blaster.stop()
+            run["floor"] = _floor(redis, redis_server.port, sizes, say, args.load_processes)
             for kind in kinds:
-                run["targets"][kind] = _run_target(kind, redis, redis_server.port, sizes, say)
+                run["targets"][kind] = _run_target(
+                    kind, redis, redis_server.port, sizes, say, args.load_processes,
+                    args.latency_only,
+                )  # fmt: skip
             runs.append(run)
             results.update(_median(runs))
             if len(runs) > 1:
@@ -219,7 +269,8 @@ def _write_json(path: Path, results: dict[str, Any]) -> None:
 def _report(results: dict[str, Any], args: argparse.Namespace) -> int:
     say: Callable[[str], None] = lambda text: print(f"bench: {text}", file=sys.stderr)  # noqa: E731
     print(report.table(results))
-    if results["mode"] != "quick" and not args.no_docs and "gateway" in results["targets"]:
+    complete = "ceiling" in results and "gateway" in results["targets"]
+    if results["mode"] != "quick" and not args.no_docs and complete:
         report.write_docs(results, ROOT / "docs/benchmarks.md", ROOT / "docs/benchmarks.png")
     for kind, rows in results["targets"].items():
         if not all(r["zero_loss"] for r in rows):

@@ -5,14 +5,23 @@ Usage (by the orchestrator): ``python -m bench.load '<json spec>'``. It opens
 line, counts deliveries until every client has its ``expected`` messages (or the
 timeout), prints a ``done`` line, then holds the connections until stdin closes
 or says ``exit``. Deliveries are counted by searching the received bytes for
-:data:`bench.wire.MARK` (C speed, no frame or JSON decoding); with ``latency``
-on, the publisher's timestamp after each mark is read as well.
+:data:`bench.wire.MARK` (C speed, no frame or JSON decoding).
+
+With ``latency`` on, a read only records its bytes and arrival time (two appends:
+the client's own cost per read is part of what it measures); the orchestrator says
+``published`` on stdin once the publisher is done, and only then are deliveries
+counted, and after the last one the publisher's timestamps read from the bytes.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
+import bisect
 import contextlib
+import gc
+import itertools
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,6 +34,7 @@ from bench.wire import MARK, STAMP_DIGITS, WS_ACCEPT, client_text_frame, token, 
 
 _SUBSCRIBED = b'"type":"subscribed"'
 _TAIL = len(MARK) - 1
+_now = time.monotonic_ns
 
 
 @dataclass
@@ -34,6 +44,7 @@ class Spec:
     channel: str | None  # None: each client reads its own user:{i}
     expected: int  # messages per client
     latency: bool = False
+    raw: bool = False  # with latency: every delivery's latency in the done line
     host: str = "127.0.0.1"
     sources: list[str] = field(default_factory=lambda: ["127.0.0.1"])
     inflight: int = 100
@@ -49,7 +60,6 @@ class Run:
         self.delivered = 0
         self.first_ns = 0
         self.last_ns = 0
-        self.latencies: list[int] = []
         self.lost = 0
         self.all_done = asyncio.get_running_loop().create_future()
 
@@ -63,6 +73,7 @@ class Run:
 class Client(asyncio.Protocol):
     __slots__ = (
         "buf",
+        "chunks",
         "count",
         "done",
         "ready",
@@ -70,6 +81,8 @@ class Client(asyncio.Protocol):
         "run",
         "stage",
         "subscribe",
+        "tallied",
+        "times",
         "transport",
     )
 
@@ -80,9 +93,13 @@ class Client(asyncio.Protocol):
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self.buf = b""
-        self.stage = 0  # 0 handshake, 1 awaiting subscribed, 2 counting
+        self.stage = 0  # 0 handshake, 1 awaiting subscribed, 2 counting, 3 recording
         self.count = 0
         self.done = run.spec.expected == 0
+        # Latency mode: every read's bytes and arrival time; how many reads were counted.
+        self.chunks: list[bytes] = []
+        self.times = array.array("q")
+        self.tallied = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -95,6 +112,12 @@ class Client(asyncio.Protocol):
             self.run.lost += 1
 
     def data_received(self, data: bytes) -> None:
+        if self.stage == 3:
+            # Latency: the least work per read, what arrived and when; the stamps are
+            # read after the run, so the client's own cost adds little to what it measures.
+            self.times.append(_now())
+            self.chunks.append(data)
+            return
         if self.stage == 2:
             self._count(data)
             return
@@ -130,21 +153,18 @@ class Client(asyncio.Protocol):
                 self.transport.close()
                 return
             if opcode == 0x1 and _SUBSCRIBED in frame:
-                self.stage = 2
+                self.stage = 3 if self.run.spec.latency else 2
                 self.buf = b""
                 self.ready.set_result(None)
                 if buf:
-                    self._count(buf)
+                    self.data_received(buf)
                 return
         self.buf = buf
 
     def _count(self, data: bytes) -> None:
         run = self.run
-        if run.spec.latency:
-            found = self._stamps(data)
-        else:
-            found = data.count(MARK) + (self.buf + data[:_TAIL]).count(MARK)
-            self.buf = data[-_TAIL:]
+        found = data.count(MARK) + (self.buf + data[:_TAIL]).count(MARK)
+        self.buf = data[-_TAIL:]
         if not found:
             return
         if run.first_ns == 0:
@@ -155,23 +175,42 @@ class Client(asyncio.Protocol):
             self.done = True
             run.client_done(time.monotonic_ns())
 
-    def _stamps(self, data: bytes) -> int:
-        now = time.monotonic_ns()
-        buf = self.buf + data
-        latencies = self.run.latencies
-        found = 0
+    def tally(self) -> None:
+        """Latency mode: count the deliveries recorded so far (between reads, not in them)."""
+        if self.done or len(self.chunks) == self.tallied:
+            return
+        self.tallied = len(self.chunks)
+        stream = b"".join(self.chunks)
+        found = stream.count(MARK)
+        self.run.delivered += found - self.count
+        self.count = found
+        if found >= self.run.spec.expected:
+            self.done = True
+            self.run.client_done(self.times[-1])
+
+    def stamps(self, per_message: dict[int, list[int]]) -> list[int]:
+        """The latencies of this client's deliveries; widens each message's [first, last]."""
+        stream, times = b"".join(self.chunks), self.times
+        ends = list(itertools.accumulate(len(chunk) for chunk in self.chunks))
+        out: list[int] = []
         start = len(MARK)
-        i = buf.find(MARK)
+        i = stream.find(MARK)
         while i >= 0:
             end = i + start + STAMP_DIGITS
-            if end > len(buf):
-                self.buf = buf[i:]
-                return found
-            latencies.append(now - int(buf[i + start : end]))
-            found += 1
-            i = buf.find(MARK, end)
-        self.buf = buf[-_TAIL:]
-        return found
+            if end > len(stream):
+                break
+            stamp = int(stream[i + start : end])
+            received = times[bisect.bisect_left(ends, end)]
+            out.append(received - stamp)
+            span = per_message.get(stamp)
+            if span is None:
+                per_message[stamp] = [received, received]
+            elif received < span[0]:
+                span[0] = received
+            elif received > span[1]:
+                span[1] = received
+            i = stream.find(MARK, end)
+        return out
 
 
 async def _open(run: Run, i: int, gate: asyncio.Semaphore) -> Client | str:
@@ -196,8 +235,49 @@ async def _open(run: Run, i: int, gate: asyncio.Semaphore) -> Client | str:
     return client
 
 
+async def _tally_after_publishing(clients: list[Client]) -> None:
+    """Latency mode: once the orchestrator says the publisher is done, count what arrived.
+
+    Nothing is counted while messages arrive (the reads only record), so the count
+    waits for ``published`` on stdin, then runs every few ms until every client is done.
+    """
+    loop = asyncio.get_running_loop()
+    line = await loop.run_in_executor(None, sys.stdin.readline)
+    if line.strip() != "published":
+        raise RuntimeError(f"expected 'published' on stdin, got {line!r}")
+    run = clients[0].run if clients else None
+    while run is not None and not run.all_done.done():
+        for client in clients:
+            client.tally()
+        await asyncio.sleep(0.005)
+
+
 def _percentile(ordered: list[int], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
+
+
+def summarise(latencies: list[int], spans: dict[int, list[int]]) -> dict[str, Any]:
+    """Latency percentiles (ms) over every delivery, and per message where the time went.
+
+    ``first``: publish to the first client's read of a message (Redis, the server's
+    work before its first write, one socket); ``spread``: its first client's read to
+    its last one's (the fan-out: the server's writes, the kernel, the client's reads).
+    """
+    if not latencies:
+        return {}
+    ordered = sorted(latencies)
+    first = sorted(low - stamp for stamp, (low, _) in spans.items())
+    spread = sorted(high - low for low, high in spans.values())
+    return {
+        "p50_ms": _percentile(ordered, 0.50),
+        "p99_ms": _percentile(ordered, 0.99),
+        "max_ms": ordered[-1] / 1e6,
+        "samples": len(ordered),
+        "first_p50_ms": _percentile(first, 0.50),
+        "first_p99_ms": _percentile(first, 0.99),
+        "spread_p50_ms": _percentile(spread, 0.50),
+        "spread_p99_ms": _percentile(spread, 0.99),
+    }
 
 
 async def main(spec: Spec) -> None:
@@ -223,18 +303,27 @@ async def main(spec: Spec) -> None:
         cpu_s=time.process_time(),
     )
     cpu_at_ready = time.process_time()
+    usage_at_ready = os.times()
+    if spec.latency:
+        gc.freeze()  # no collector pauses while measuring (the reads allocate bytes only)
+        gc.disable()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(spec.timeout_s):
+            if spec.latency:
+                await _tally_after_publishing(clients)
             await run.all_done
+    cpu_s = time.process_time() - cpu_at_ready
+    usage = os.times()
+    user_s, sys_s = usage.user - usage_at_ready.user, usage.system - usage_at_ready.system
     lat: dict[str, Any] = {}
-    if run.latencies:
-        ordered = sorted(run.latencies)
-        lat = {
-            "p50_ms": _percentile(ordered, 0.50),
-            "p99_ms": _percentile(ordered, 0.99),
-            "max_ms": ordered[-1] / 1e6,
-            "samples": len(ordered),
-        }
+    raw: dict[str, Any] = {}
+    if spec.latency:
+        gc.enable()
+        spans: dict[int, list[int]] = {}
+        latencies = [ns for client in clients for ns in client.stamps(spans)]
+        lat = summarise(latencies, spans)
+        if spec.raw:  # several load processes: the orchestrator merges them
+            raw = {"latencies": latencies, "spans": list(spans.items())}
     _emit(
         event="done",
         delivered=run.delivered,
@@ -243,8 +332,11 @@ async def main(spec: Spec) -> None:
         last_ns=run.last_ns,
         complete=run.pending == 0,
         lost_connections=run.lost,
-        cpu_s=time.process_time() - cpu_at_ready,
+        cpu_s=cpu_s,
+        user_s=user_s,
+        sys_s=sys_s,
         latency=lat,
+        **raw,
     )
     # Hold the connections (the orchestrator may be measuring memory) until told to exit.
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)

@@ -123,13 +123,51 @@ class Server:
             time.sleep(0.05)
         raise TimeoutError(f"{self.kind} not ready in {timeout_s}s: {self.log.read_text()[-2000:]}")
 
+    def get(self, path: str) -> bytes:
+        """The body of ``GET path`` (one short response, read until the server closes)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            request = f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+            sock.sendall(request.encode())
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"{self.kind} {path}: {head[:80]!r}")
+        return body
+
+    def fanout_totals(self) -> tuple[float, int] | None:
+        """The gateway's fan-out histogram so far: (seconds, batches); None elsewhere.
+
+        A batch is one Redis read's messages, from the first one parsed to the last
+        frame written (``notify_gateway_fanout_seconds``).
+        """
+        if self.kind != "gateway":
+            return None
+        total, count = 0.0, 0
+        try:
+            text = self.get("/metrics").decode()
+        except (OSError, RuntimeError):
+            return None  # a gateway without the metric: the row just lacks the figure
+        for line in text.splitlines():
+            if line.startswith("notify_gateway_fanout_seconds_sum"):
+                total = float(line.split()[-1])
+            elif line.startswith("notify_gateway_fanout_seconds_count"):
+                count = int(float(line.split()[-1]))
+        return total, count
+
     def rss_kib(self) -> int:
         return rss_kib(self.process.pid)
 
     def cpu_s(self) -> float:
         """User plus system CPU seconds the process has used so far."""
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """User and system (kernel) CPU seconds the process has used so far."""
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
 
     def stop(self) -> None:
         stop(self.process)
@@ -164,6 +202,12 @@ class Child:
             raise RuntimeError(f"{self.module} exited with {self.process.wait()}")
         result: dict[str, Any] = orjson.loads(line)
         return result
+
+    def send(self, line: str) -> None:
+        """One line to the child's stdin."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        self.process.stdin.flush()
 
     def finish(self) -> None:
         if self.process.stdin is not None and self.process.poll() is None:

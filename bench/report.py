@@ -81,25 +81,95 @@ def _loss(r: dict[str, Any] | None) -> str:
     return f"{r['delivered']}/{r['expected']}" + ("" if r["zero_loss"] else " LOSS")
 
 
-def table(results: dict[str, Any]) -> str:
-    head = ["scenario", "unit", "gateway", "baseline", "gateway vs baseline",
-            "per server CPU-s (gw / base)", "delivered (gw)", "delivered (base)",
-            "target"]  # fmt: skip
-    lines = [head]
-    c = results["ceiling"]
-    lines.append(["load client ceiling", c["unit"], _fmt(c), "", "", "", _loss(c), "", ""])
+def _floor(results: dict[str, Any], row: dict[str, Any]) -> dict[str, Any] | None:
+    """The latency floor measured at a sustained row's rate (None for other rows)."""
+    if row["gateway"]["unit"] != "ms p99":
+        return None
+    rate = row["gateway"].get("rate")
+    return next((f for f in results.get("floor", []) if f.get("rate") == rate), None)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _per_delivery(r: dict[str, Any], side: str) -> str:
+    """CPU microseconds per delivery, user + system (steadier than the wall-clock figures)."""
+    user, system = r.get(f"{side}_user_s"), r.get(f"{side}_sys_s")
+    if user is None or system is None or not r["delivered"]:
+        return "-"
+    scale = 1e6 / r["delivered"]
+    return f"{user * scale:.1f} + {system * scale:.1f}"
+
+
+def breakdown(results: dict[str, Any]) -> list[list[str]]:
+    """Per latency row, where the time went: the median message's first and last read.
+
+    first: publish to the first client's read (Redis, the server up to its first write,
+    one socket); spread: first read to last read (the fan-out to every socket and the
+    client's reads of them); server fan-out: the server's own mean time per message or
+    batch, first message parsed to last frame written (the gateway's fanout histogram);
+    CPU per delivery, user and kernel apart: one write on the server, one read on the
+    client.
+    """
+    out = [["scenario", "server", "first p50", "spread p50 / p99", "server fan-out mean",
+            "server CPU us/delivery user + sys", "client CPU us/delivery user + sys"]]  # fmt: skip
+    latency_rows = []
     for row in rows(results):
-        gw, bl = row["gateway"], row["baseline"]
-        per_cpu = f"{_per_cpu(gw)} / {_per_cpu(bl)}"
-        lines.append([gw["scenario"], gw["unit"], _fmt(gw), _fmt(bl), _ratio(row), per_cpu,
-                      _loss(gw), _loss(bl), row["target"]])  # fmt: skip
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+        floor = _floor(results, row)
+        if floor is not None:
+            latency_rows.append(("floor (blaster)", floor))
+            latency_rows.append(("gateway", row["gateway"]))
+            if row["baseline"] is not None:
+                latency_rows.append(("baseline", row["baseline"]))
+    for server, r in latency_rows:
+        lat = r.get("latency") or {}
+        fan = r.get("server_fanout") or {}
+        fan_ms = fan.get("mean_ms")  # the gateway's histogram gives the mean only
+        out.append([
+            r["scenario"].replace("load client latency floor", "sustained"),
+            server,
+            _ms(lat.get("first_p50_ms")),
+            f"{_ms(lat.get('spread_p50_ms'))} / {_ms(lat.get('spread_p99_ms'))}",
+            _ms(fan_ms),
+            _per_delivery(r, "server"),
+            _per_delivery(r, "client"),
+        ])  # fmt: skip
+    return out if len(out) > 1 else []
+
+
+def _columns(lines: list[list[str]]) -> str:
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
     text = [
         " | ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True))
         for line in lines
     ]
     text.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(text)
+
+
+def table(results: dict[str, Any]) -> str:
+    head = ["scenario", "unit", "gateway", "baseline", "gateway vs baseline",
+            "per server CPU-s (gw / base)", "delivered (gw)", "delivered (base)",
+            "target"]  # fmt: skip
+    lines = [head]
+    c = results.get("ceiling")
+    if c is not None:
+        lines.append(["load client ceiling", c["unit"], _fmt(c), "", "", "", _loss(c), "", ""])
+    for row in rows(results):
+        gw, bl = row["gateway"], row["baseline"]
+        floor = _floor(results, row)
+        if floor is not None:
+            lines.append([floor["scenario"], floor["unit"], _fmt(floor), "", "", "",
+                          _loss(floor), "", ""])  # fmt: skip
+        per_cpu = f"{_per_cpu(gw)} / {_per_cpu(bl)}"
+        lines.append([gw["scenario"], gw["unit"], _fmt(gw), _fmt(bl), _ratio(row), per_cpu,
+                      _loss(gw), _loss(bl), row["target"]])  # fmt: skip
+    text = _columns(lines)
+    where = breakdown(results)
+    if where:
+        text += "\n\nWhere the latency goes (ms; medians over messages):\n" + _columns(where)
+    return text
 
 
 def markdown(results: dict[str, Any], chart: str) -> str:
@@ -123,10 +193,19 @@ def markdown(results: dict[str, Any], chart: str) -> str:
     out.append(f"| load client ceiling ({c['unit']}) | {_fmt(c)} | | | | {_loss(c)} | |")
     for row in rows(results):
         gw, bl = row["gateway"], row["baseline"]
+        floor = _floor(results, row)
+        if floor is not None:
+            name = f"{floor['scenario']} ({floor['unit']})"
+            out.append(f"| {name} | {_fmt(floor)} | | | | {_loss(floor)} | |")
         out.append(
             f"| {gw['scenario']} ({gw['unit']}) | {_fmt(gw)} | {_fmt(bl)} | {_ratio(row)} "
             f"| {_per_cpu(gw)} / {_per_cpu(bl)} | {_loss(gw)} / {_loss(bl)} | {row['target']} |"
         )
+    where = breakdown(results)
+    if where:
+        out += ["", "Where the sustained latency goes (ms; medians over messages):", ""]
+        out += ["| " + " | ".join(where[0]) + " |", "|" + "---|" * len(where[0])]
+        out += ["| " + " | ".join(line) + " |" for line in where[1:]]
     out += ["", f"![throughput, latency and memory, gateway vs baseline]({chart})"]
     return "\n".join(out)
 
@@ -166,6 +245,12 @@ def chart(results: dict[str, Any], png: Path) -> None:
         bl = [r["baseline"]["value"] if r["baseline"] else 0 for r in selected]
         ax.bar([x - 0.2 for x in xs], gw, 0.4, label="notify-gateway")
         ax.bar([x + 0.2 for x in xs], bl, 0.4, label="baseline (websockets.broadcast)")
+        if title.startswith("sustained"):
+            floors = [_floor(results, r) for r in selected]
+            ax.scatter(
+                list(xs), [f["value"] if f else math.nan for f in floors],
+                color="grey", marker="_", s=1600, label="load client latency floor",
+            )  # fmt: skip
         if title.startswith("throughput"):
             ax.axhline(
                 results["ceiling"]["value"], color="grey", ls="--", label="load client ceiling"

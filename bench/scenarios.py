@@ -12,8 +12,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis import Redis
 
+from bench.load import summarise
 from bench.procs import Child, Server
 
 BROADCAST = "public:bench"
@@ -137,29 +139,106 @@ def burst(server: Server, redis: Redis, redis_port: int, sizes: Sizes) -> dict[s
     return _throughput(server, redis, redis_port, name, n, [BROADCAST], m)
 
 
+def _merge(dones: list[dict[str, Any]]) -> dict[str, Any]:
+    """One ``done`` from several load processes' (each ran with ``raw``)."""
+    if len(dones) == 1:
+        return dones[0]
+    spans: dict[int, list[int]] = {}
+    for done in dones:
+        for stamp, (low, high) in done["spans"]:
+            span = spans.setdefault(stamp, [low, high])
+            span[0], span[1] = min(span[0], low), max(span[1], high)
+    return {
+        "delivered": sum(d["delivered"] for d in dones),
+        "expected": sum(d["expected"] for d in dones),
+        "complete": all(d["complete"] for d in dones),
+        "lost_connections": sum(d["lost_connections"] for d in dones),
+        "cpu_s": sum(d["cpu_s"] for d in dones),
+        "user_s": sum(d["user_s"] for d in dones),
+        "sys_s": sum(d["sys_s"] for d in dones),
+        "latency": summarise([ns for d in dones for ns in d["latencies"]], spans),
+    }
+
+
+class _Fanout:
+    """The server's own time per fan-out over a scenario (gateway metric, blaster stats)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.before = server.fanout_totals()
+        if server.kind == "blaster":
+            server.get("/fanout")  # resets its record
+
+    def result(self) -> dict[str, Any]:
+        if self.server.kind == "blaster":
+            stats: dict[str, Any] = orjson.loads(self.server.get("/fanout"))
+            return stats
+        after = self.server.fanout_totals()
+        if self.before is None or after is None or after[1] == self.before[1]:
+            return {}
+        batches = after[1] - self.before[1]
+        return {"count": batches, "mean_ms": (after[0] - self.before[0]) / batches * 1e3}
+
+
 def sustained(
-    server: Server, redis: Redis, redis_port: int, sizes: Sizes, rate: int
+    server: Server,
+    redis: Redis,
+    redis_port: int,
+    sizes: Sizes,
+    rate: int,
+    processes: int = 1,
 ) -> dict[str, Any]:
+    """``rate`` msg/s to every subscriber; the latency of every delivery.
+
+    ``processes`` > 1 splits the clients over that many load processes (all on the
+    client core), in case one process's serial reads are what the figures measure.
+    """
     n = sizes.subscribers
     m = max(1, round(rate * sizes.sustained_s))
-    load = _load(server, n, BROADCAST, m, latency=True, timeout_s=sizes.sustained_s + 60)
+    shares = [n // processes + (k < n % processes) for k in range(processes)]
+    loads = [
+        _load(server, share, BROADCAST, m, latency=True, raw=processes > 1,
+              timeout_s=sizes.sustained_s + 60)
+        for share in shares
+    ]  # fmt: skip
     try:
-        _ready(load, 60)
+        for load in loads:
+            _ready(load, 60)
         _wait_subscribed(redis, [BROADCAST])
+        fanout = _Fanout(server)
+        user, system = server.cpu_split()
         _publish(redis_port, [BROADCAST], m, rate=rate)
-        done = load.event(sizes.sustained_s + 90)
+        for load in loads:
+            load.send("published")  # the load client counts only now (its reads just record)
+        done = _merge([load.event(sizes.sustained_s + 90) for load in loads])
+        user_after, system_after = server.cpu_split()
+        user, system = user_after - user, system_after - system
+        server_fanout = fanout.result()
     finally:
-        load.finish()
+        for load in loads:
+            load.finish()
     lat = done["latency"] or {"p50_ms": math.nan, "p99_ms": math.nan, "max_ms": math.nan}
+    name = "load client latency floor" if server.kind == "blaster" else "sustained"
     return _result(
-        f"sustained {rate} msg/s to {n} subs",
+        f"{name} {rate} msg/s to {n} subs",
         lat["p99_ms"],
         "ms p99",
         done,
         p50_ms=lat["p50_ms"],
         p99_ms=lat["p99_ms"],
         max_ms=lat["max_ms"],
+        latency=lat,
         rate=rate,
+        load_processes=processes,
+        # Not server_cpu_s: the table's per-CPU column is for throughput. User and
+        # system apart: Python's share of a fan-out against the kernel's.
+        server_busy_s=user + system,
+        server_user_s=user,
+        server_sys_s=system,
+        client_busy_s=done["cpu_s"],
+        client_user_s=done["user_s"],
+        client_sys_s=done["sys_s"],
+        server_fanout=server_fanout,
     )
 
 
