@@ -92,7 +92,7 @@ class WebSocket(asyncio.Protocol):
             max_size=options.max_size,
             logger=_handshake_log,
         )
-        self._transport: asyncio.Transport | None = None
+        self._transport: asyncio.Transport  # set by connection_made, before any use
         self._timer: asyncio.TimerHandle | None = None
         self._fragments: tuple[Opcode, bytearray] | None = None
         #: the upgrade request (subclasses may drop its headers once read)
@@ -133,21 +133,11 @@ class WebSocket(asyncio.Protocol):
         """The close code received (1006 if the connection dropped); None while open."""
         return self._protocol.close_code
 
-    @property
-    def buffered(self) -> int:
-        """Bytes written but not yet sent to the peer."""
-        transport = self._transport
-        return 0 if transport is None else transport.get_write_buffer_size()
-
     def send(self, data: bytes) -> None:
-        """Write ``data`` (whole frames) now; over the buffer limit, :meth:`overflow`."""
-        if self.closed:
-            return
-        transport = cast(asyncio.Transport, self._transport)
-        transport.write(data)
-        buffered = transport.get_write_buffer_size()
-        if buffered > self._server.options.max_buffer:
-            self.overflow(buffered)
+        """Write ``data`` (whole frames) now; past the buffer limit, :meth:`overflow`."""
+        # The fan-out calls this once per subscriber: keep it to a flag and a write.
+        if not self.closed:
+            self._transport.write(data)
 
     def close(self, code: int, reason: str = "") -> None:
         """Start the close handshake; returns at once.
@@ -170,22 +160,23 @@ class WebSocket(asyncio.Protocol):
             self._flush()
 
     def pause_reading(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        if not self._transport.is_closing():
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        if not self._transport.is_closing():
             self._transport.resume_reading()
 
     def abort(self) -> None:
         """Drop the TCP connection without a close handshake."""
-        if self._transport is not None:
-            self._transport.abort()
+        self._transport.abort()
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        # The transport calls pause_writing() when the unsent bytes pass the limit.
+        self._transport.set_write_buffer_limits(high=self._server.options.max_buffer)
         address = transport.get_extra_info("peername")
         if isinstance(address, tuple):
             self.remote_address = (str(address[0]), int(address[1]))
@@ -207,6 +198,14 @@ class WebSocket(asyncio.Protocol):
             elif isinstance(event, Request):
                 self._request(event)
 
+    def pause_writing(self) -> None:
+        if self.closed:
+            return  # the close frame itself, or the rest of a close handshake
+        self.closed = True  # no more data frames; the close frame is written next
+        buffered = self._transport.get_write_buffer_size()
+        # Called from inside a write, possibly mid fan-out: close once that is over.
+        asyncio.get_running_loop().call_soon(self.overflow, buffered)
+
     def eof_received(self) -> bool:
         self._protocol.receive_eof()
         self._flush()
@@ -225,8 +224,6 @@ class WebSocket(asyncio.Protocol):
 
     def _flush(self) -> None:
         transport = self._transport
-        if transport is None:
-            return
         for data in self._protocol.data_to_send():
             if data:
                 transport.write(data)
@@ -242,7 +239,7 @@ class WebSocket(asyncio.Protocol):
 
     def _expect_close(self) -> None:
         """The peer should close the TCP connection now; drop it if it does not."""
-        if self._transport is not None and self._protocol.state is not State.CLOSED:
+        if self._protocol.state is not State.CLOSED:
             self._set_timer(self._server.options.close_timeout_s, self.abort)
 
     def _request(self, request: Request) -> None:
