@@ -299,8 +299,7 @@ class ConnectionHandler:
             client.close(CloseCode.RATE_LIMITED, admitted.value)
             return
         loop = asyncio.get_running_loop()
-        # The request is never read again; its headers held the bearer token.
-        client.request = None
+        client.forget_request()
         client.session = ClientSession(session, self._policy, self._settings.limits, loop.time())
         self.connections += 1
         self._open.setdefault(session.digest, set()).add(client)

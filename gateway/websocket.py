@@ -32,6 +32,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
+from websockets.datastructures import Headers
 from websockets.extensions.base import ServerExtensionFactory
 from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
 from websockets.frames import Frame, Opcode
@@ -45,6 +46,7 @@ from gateway.protocol import CloseCode
 __all__ = ["WebSocket", "WebSocketOptions", "WebSocketServer"]
 
 _handshake_log = logging.getLogger("websockets.server")
+_NO_HEADERS = Headers()
 
 #: a response, or None to accept the upgrade, now or later
 Answer = Response | Awaitable[Response | None] | None
@@ -158,6 +160,17 @@ class WebSocket(asyncio.Protocol):
             self.awaiting_pong = True
             self._protocol.send_ping(b"")
             self._flush()
+
+    def forget_request(self) -> None:
+        """Free the upgrade request's headers once they have been read.
+
+        The protocol's parser keeps the request object for the connection's whole life;
+        its headers were the largest part of an idle connection (about 2 KiB), and the
+        ``Authorization`` header holds the bearer token.
+        """
+        if self.request is not None:
+            self.request.headers = _NO_HEADERS
+            self.request = None
 
     def pause_reading(self) -> None:
         if not self._transport.is_closing():
