@@ -252,8 +252,14 @@ class WebSocket(asyncio.Protocol):
 
     def _expect_close(self) -> None:
         """The peer should close the TCP connection now; drop it if it does not."""
-        if self._protocol.state is not State.CLOSED:
-            self._set_timer(self._server.options.close_timeout_s, self.abort)
+        if self._protocol.state is State.CLOSED:
+            return
+        delay = self._server.options.close_timeout_s
+        timer = self._timer
+        # Never push back a deadline already set: a peer that keeps sending after the
+        # close must not keep the connection.
+        if timer is None or timer.when() > asyncio.get_running_loop().time() + delay:
+            self._set_timer(delay, self.abort)
 
     def _request(self, request: Request) -> None:
         self.request = request

@@ -10,6 +10,7 @@ writes through the gateway's raw write path, at every header-length boundary.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
@@ -21,8 +22,10 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from bench.autobahn.echo import port_of, start
+from bench.autobahn.echo import Echo, port_of, start
 from gateway.protocol import binary_frame, text_frame
+from gateway.websocket import WebSocketOptions, WebSocketServer
+from tests.support.ws import wait_until
 
 # Payload lengths where the header changes: 7-bit, 16-bit and 64-bit lengths.
 BOUNDARIES = [0, 1, 125, 126, 127, 65535, 65536, 65537]
@@ -171,3 +174,38 @@ async def test_invalid_utf8_text_fails_the_connection_with_1007() -> None:
     assert [frame.opcode for frame in frames] == [Opcode.TEXT, Opcode.CLOSE]
     assert frames[0].data == good
     assert Close.parse(frames[1].data).code == 1007
+
+
+async def test_a_peer_that_keeps_sending_after_the_close_is_dropped_at_the_close_timeout() -> None:
+    options = WebSocketOptions(max_size=1 << 16, max_buffer=1 << 20, close_timeout_s=0.5)
+    server = WebSocketServer(Echo, options)
+    await server.listen("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        await reader.readuntil(b"\r\n\r\n")
+        assert server.connections
+        writer.write(Frame(Opcode.TEXT, b"\xff").serialize(mask=True))  # 1007 from the server
+
+        async def chatter() -> None:
+            # Pings, never the closing TCP handshake the server waits for.
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    writer.write(Frame(Opcode.PING, b"x").serialize(mask=True))
+                    await asyncio.sleep(0.05)
+
+        async def dropped() -> bool:
+            return not server.connections
+
+        chatting = asyncio.create_task(chatter())
+        try:
+            await wait_until(dropped, timeout_s=2)
+        finally:
+            chatting.cancel()
+        writer.close()
+    finally:
+        await server.close(1001, "", timeout_s=5)
