@@ -82,30 +82,36 @@ def _store_sessions(redis: Redis, count: int) -> None:
             pipe.execute()
 
 
+#: ``--scenario`` names, in the order a run takes them
+SCENARIOS = ("burst", "sustained", "personal", "connections")
+
+
 def _run_target(
     kind: str,
     redis: Redis,
     redis_port: int,
     sizes: Sizes,
     say: Callable[[str], None],
+    only: frozenset[str] = frozenset(SCENARIOS),
     processes: int = 1,
-    latency_only: bool = False,
 ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    server = Server(kind, redis_port)
-    try:
-        if not latency_only:
-            say(f"{kind}: broadcast burst")
-            out.append(scenarios.burst(server, redis, redis_port, sizes))
-        for rate in sizes.rates:
-            say(f"{kind}: sustained {rate} msg/s")
-            out.append(scenarios.sustained(server, redis, redis_port, sizes, rate, processes))
-        if latency_only:
-            return out
-        say(f"{kind}: personal channels")
-        out.append(scenarios.personal(server, redis, redis_port, sizes))
-    finally:
-        server.stop()
+    if only & {"burst", "sustained", "personal"}:
+        server = Server(kind, redis_port)
+        try:
+            if "burst" in only:
+                say(f"{kind}: broadcast burst")
+                out.append(scenarios.burst(server, redis, redis_port, sizes))
+            for rate in sizes.rates if "sustained" in only else ():
+                say(f"{kind}: sustained {rate} msg/s")
+                out.append(scenarios.sustained(server, redis, redis_port, sizes, rate, processes))
+            if "personal" in only:
+                say(f"{kind}: personal channels")
+                out.append(scenarios.personal(server, redis, redis_port, sizes))
+        finally:
+            server.stop()
+    if "connections" not in only:
+        return out
     maximum = sizes.max_connections
     counts = [n for n in sizes.idle if n != maximum] + ([maximum] if maximum else [])
     for n in counts:
@@ -189,7 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--latency-only",
         action="store_true",
-        help="only the latency floor and the sustained scenarios (implies --no-docs)",
+        help="only the latency floor and the sustained scenarios (--scenario sustained)",
+    )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=SCENARIOS,
+        help="run only this scenario (repeatable); implies --no-docs",
+    )
+    parser.add_argument(
+        "--personal-messages",
+        type=int,
+        help="messages per client in the personal-channels scenario (a longer run to profile)",
     )
     parser.add_argument(
         "--from-json", type=Path, help="run nothing: print and document the results in PATH"
@@ -198,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json is not None:
         return _report(orjson.loads(args.from_json.read_bytes()), args)
     sizes = QUICK if args.quick else FULL if args.full else STANDARD
+    if args.personal_messages is not None:
+        sizes = dataclasses.replace(sizes, personal_messages=args.personal_messages)
+    if args.latency_only:
+        args.scenario = [*(args.scenario or ()), "sustained"]
+    only = frozenset(args.scenario or SCENARIOS)
+    if args.scenario:
+        args.no_docs = True  # a partial run must not replace the documented figures
     mode = "quick" if args.quick else "full" if args.full else "standard"
     say: Callable[[str], None] = lambda text: print(f"bench: {text}", file=sys.stderr, flush=True)  # noqa: E731
     fit = _raise_nofile()
@@ -233,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(args.repeat):
             say(f"run {k + 1} of {args.repeat}")
             run: dict[str, Any] = {"targets": {}}
-            if not args.latency_only:
+            if "burst" in only:
                 say("load client ceiling")
                 m = sizes.burst_messages
                 blast = ["--clients", str(sizes.subscribers), "--messages", str(m)]
@@ -242,12 +266,12 @@ def main(argv: list[str] | None = None) -> int:
                     run["ceiling"] = scenarios.ceiling(blaster, sizes)
                 finally:
                     blaster.stop()
-            run["floor"] = _floor(redis, redis_server.port, sizes, say, args.load_processes)
+            if "sustained" in only:
+                run["floor"] = _floor(redis, redis_server.port, sizes, say, args.load_processes)
             for kind in kinds:
                 run["targets"][kind] = _run_target(
-                    kind, redis, redis_server.port, sizes, say, args.load_processes,
-                    args.latency_only,
-                )  # fmt: skip
+                    kind, redis, redis_server.port, sizes, say, only, args.load_processes
+                )
             runs.append(run)
             results.update(_median(runs))
             if len(runs) > 1:

@@ -31,6 +31,8 @@ __all__ = [
     "error_frame",
     "gap_frame",
     "message_frame",
+    "message_frame_from",
+    "message_head",
     "parse_command",
     "reply_frame",
     "text_frame",
@@ -211,25 +213,55 @@ def gap_frame(channel: str) -> bytes:
 
 
 _MESSAGE_HEAD: Final = b'{"type":"message","channel":'
+_MESSAGE_TAIL: Final = b"}"
+# Headers of text frames: the 2-byte ones prebuilt (a list index beats building them).
+_TEXT_HEADERS: Final = [bytes((_FIN_TEXT, length)) for length in range(126)]
+# The 4-byte ones (16-bit lengths) as they are met: a message's length is seldom new.
+_TEXT_HEADERS_16: dict[int, bytes] = {}
+_TEXT_64: Final = bytes((_FIN_TEXT, 127))
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+
+
+def message_head(channel_json: bytes) -> bytes:
+    """The start of a channel's delivery frames, up to the ``data`` value (built once).
+
+    ``channel_json`` is the channel already serialised as a JSON string.
+    """
+    return _MESSAGE_HEAD + channel_json + b',"data":'
+
+
+def message_frame_from(
+    head: bytes, payload: bytes, offset: int | None = None, epoch: str | None = None
+) -> bytes:
+    """The delivery frame for one Redis message, built once for all subscribers.
+
+    ``head`` comes from :func:`message_head`. The payload is embedded verbatim when it
+    is valid JSON, and as a JSON string otherwise (bytes that are not UTF-8 are replaced
+    with U+FFFD). History messages also carry their ``offset`` and ``epoch``. This is the
+    fan-out's per-message work, so the frame is assembled in one join.
+    """
+    try:
+        _loads(payload)
+    except _JSONDecodeError:
+        payload = orjson.dumps(payload.decode("utf-8", "replace"))
+    if offset is None:
+        tail = _MESSAGE_TAIL
+    else:
+        tail = b',"offset":%d,"epoch":%b}' % (offset, orjson.dumps(epoch))
+    length = len(head) + len(payload) + len(tail)
+    if length < 126:
+        return b"".join((_TEXT_HEADERS[length], head, payload, tail))
+    if length < 65536:
+        header = _TEXT_HEADERS_16.get(length)
+        if header is None:
+            header = _TEXT_HEADERS_16[length] = struct.pack("!BBH", _FIN_TEXT, 126, length)
+        return b"".join((header, head, payload, tail))
+    return b"".join((_TEXT_64, length.to_bytes(8, "big"), head, payload, tail))
 
 
 def message_frame(
     channel_json: bytes, payload: bytes, offset: int | None = None, epoch: str | None = None
 ) -> bytes:
-    """The delivery frame for one Redis message, built once for all subscribers.
-
-    ``channel_json`` is the channel already serialised as a JSON string. The payload
-    is embedded verbatim when it is valid JSON, and as a JSON string otherwise
-    (bytes that are not UTF-8 are replaced with U+FFFD). History messages also carry
-    their ``offset`` and ``epoch``.
-    """
-    try:
-        orjson.loads(payload)
-        data = payload
-    except orjson.JSONDecodeError:
-        data = orjson.dumps(payload.decode("utf-8", "replace"))
-    parts = [_MESSAGE_HEAD, channel_json, b',"data":', data]
-    if offset is not None:
-        parts += [b',"offset":', str(offset).encode(), b',"epoch":', orjson.dumps(epoch)]
-    parts.append(b"}")
-    return text_frame(b"".join(parts))
+    """:func:`message_frame_from` for a channel whose head is not at hand."""
+    return message_frame_from(message_head(channel_json), payload, offset, epoch)

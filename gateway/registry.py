@@ -35,7 +35,7 @@ import orjson
 import structlog
 
 from gateway.history import ENVELOPE_PREFIX, Position, open_envelope
-from gateway.protocol import gap_frame, message_frame
+from gateway.protocol import gap_frame, message_frame_from, message_head
 
 __all__ = ["RedisCommands", "Registry", "Sink", "SubscriptionRefused"]
 
@@ -43,6 +43,8 @@ log = structlog.get_logger("gateway.registry")
 
 #: A frame and the history offset of its message (None for plain messages).
 Buffered = list[tuple[int | None, bytes]]
+
+_ENVELOPE_FIRST = ENVELOPE_PREFIX[:1]
 
 
 class SubscriptionRefused(Exception):
@@ -102,9 +104,16 @@ class Registry:
         self._redis: RedisCommands | None = None
         self._gap: set[str] = set()
         self._positions: dict[str, Position] = {}  # last history offset seen per channel
-        self._batch: dict[str, list[bytes]] = {}
+        # Frames per channel of the batch being read: one frame (the usual case of a
+        # channel that got one message) or a list of them.
+        self._batch: dict[str, bytes | list[bytes]] = {}
         self._batch_started = 0.0
-        self._names: dict[bytes, tuple[str, bytes]] = {}  # raw channel -> (name, JSON)
+        # raw channel -> (name, frame head): one lookup per message, internal channels excluded
+        self._names: dict[bytes, tuple[str, bytes]] = {}
+        # How many channels each live reader reads, and those reading more than one: only
+        # those can get frames of two channels in one batch, and need them gathered.
+        self._reads: dict[Sink, int] = {}
+        self._multi: set[Sink] = set()
         self.messages_received = 0
         self.messages_dropped = 0
         self.deliveries = 0
@@ -179,8 +188,23 @@ class Registry:
             del self._joining[channel]
         if frames is None:
             return b""  # left, or refused, in the meantime
-        self._active.setdefault(channel, set()).add(sink)
+        readers = self._active.setdefault(channel, set())
+        if sink not in readers:
+            readers.add(sink)
+            self._count(sink, 1)
         return b"".join(_after(frames, cutoff))
+
+    def _count(self, sink: Sink, change: int) -> None:
+        """Keep :attr:`_reads` and :attr:`_multi` in step with the live reader sets."""
+        reads = self._reads.get(sink, 0) + change
+        if reads > 0:
+            self._reads[sink] = reads
+        else:
+            self._reads.pop(sink, None)
+        if reads > 1:
+            self._multi.add(sink)
+        else:
+            self._multi.discard(sink)
 
     def note_position(self, channel: str, position: Position) -> None:
         """A history position read at subscribe time, until messages bring newer ones.
@@ -196,6 +220,7 @@ class Registry:
             active = self._active.get(channel)
             if active is not None and sink in active:
                 active.discard(sink)
+                self._count(sink, -1)
                 if not active:
                     del self._active[channel]
             for table in (self._waiting, self._joining):
@@ -324,21 +349,28 @@ class Registry:
             for future in self._waiting.pop(channel, {}).values():
                 if not future.done():
                     future.set_exception(SubscriptionRefused(message))
-            for sink in self._active.pop(channel, set()) | set(self._joining.pop(channel, {})):
+            active = self._active.pop(channel, set())
+            for sink in active:
+                self._count(sink, -1)
+            for sink in active | set(self._joining.pop(channel, {})):
                 sink.subscription_refused(channel, message)
 
     def on_message(self, channel: bytes, payload: bytes) -> None:
-        """Frame one message into the current batch; sent by :meth:`flush`."""
-        handler = self._internal.get(channel)
-        if handler is not None:
-            handler(payload)
-            return
-        self.messages_received += 1
+        """Frame one message into the current batch; sent by :meth:`flush`.
+
+        The fan-out's per-message path: one lookup for the channel, one frame, one slot
+        in the batch; joins and recoveries in progress are handled aside.
+        """
         named = self._names.get(channel)
         if named is None:
+            handler = self._internal.get(channel)
+            if handler is not None:
+                handler(payload)
+                return
             name = channel.decode("utf-8", "replace")
-            named = self._names[channel] = (name, orjson.dumps(name))
-        name, channel_json = named
+            named = self._names[channel] = (name, message_head(orjson.dumps(name)))
+        self.messages_received += 1
+        name, head = named
         if len(payload) > self._max_message_bytes:
             self.messages_dropped += 1
             log.warning(
@@ -350,13 +382,29 @@ class Registry:
             )
             return
         offset: int | None = None
-        envelope = open_envelope(payload) if payload[:1] == ENVELOPE_PREFIX[:1] else None
+        envelope = open_envelope(payload) if payload[:1] == _ENVELOPE_FIRST else None
         if envelope is None:
-            frame = message_frame(channel_json, payload)
+            frame = message_frame_from(head, payload)
         else:
             offset = envelope.offset
             self._positions[name] = Position(offset, envelope.epoch)
-            frame = message_frame(channel_json, envelope.data, offset, envelope.epoch)
+            frame = message_frame_from(head, envelope.data, offset, envelope.epoch)
+        if (self._joining or self._recovering) and self._set_aside(name, offset, frame):
+            return
+        batch = self._batch
+        if not batch:  # the batch's first message starts the fan-out clock
+            self._batch_started = time.perf_counter()
+            batch[name] = frame
+            return
+        queued = batch.setdefault(name, frame)
+        if queued is not frame:  # the channel's second message in this batch, or later
+            if isinstance(queued, list):
+                queued.append(frame)
+            else:
+                batch[name] = [queued, frame]
+
+    def _set_aside(self, name: str, offset: int | None, frame: bytes) -> bool:
+        """Buffer a frame for joining readers; True when the channel is recovering (not live)."""
         joining = self._joining.get(name)
         if joining:
             for frames in joining.values():
@@ -364,14 +412,8 @@ class Registry:
         recovering = self._recovering.get(name)
         if recovering is not None:
             recovering.append((offset, frame))
-            return
-        batch = self._batch.get(name)
-        if batch is None:
-            if not self._batch:  # the batch's first message starts the fan-out clock
-                self._batch_started = time.perf_counter()
-            self._batch[name] = [frame]
-        else:
-            batch.append(frame)
+            return True
+        return False
 
     def flush(self) -> None:
         """Write the batch: one write per sink, however many frames it holds."""
@@ -383,29 +425,37 @@ class Registry:
         if self._observe_fanout is not None:
             self._observe_fanout(time.perf_counter() - self._batch_started)
 
-    def _write(self, batch: dict[str, list[bytes]]) -> None:
+    def _write(self, batch: dict[str, bytes | list[bytes]]) -> None:
         active = self._active
-        if len(batch) == 1:
-            ((channel, frames),) = batch.items()
-            readers = active.get(channel)
-            if readers:
-                chunk = frames[0] if len(frames) == 1 else b"".join(frames)
-                for sink in readers:
-                    sink.send(chunk)
-                self.deliveries += len(readers) * len(frames)
-            return
-        pending: dict[Sink, list[bytes]] = {}
+        multi = self._multi
+        single = len(batch) == 1  # nothing to gather: every reader gets one write anyway
+        pending: dict[Sink, list[bytes]] | None = None
+        deliveries = 0
         for channel, frames in batch.items():
             readers = active.get(channel)
             if not readers:
                 continue
-            chunk = frames[0] if len(frames) == 1 else b"".join(frames)
-            self.deliveries += len(readers) * len(frames)
+            if isinstance(frames, bytes):
+                chunk = frames
+                deliveries += len(readers)
+            else:
+                chunk = b"".join(frames)
+                deliveries += len(readers) * len(frames)
+            if single or not multi or multi.isdisjoint(readers):
+                # No reader here reads another channel: its write is this chunk alone.
+                for sink in readers:
+                    sink.send(chunk)
+                continue
+            if pending is None:
+                pending = {}
             for sink in readers:
-                chunks = pending.get(sink)
-                if chunks is None:
+                if sink not in multi:
+                    sink.send(chunk)
+                elif (chunks := pending.get(sink)) is None:
                     pending[sink] = [chunk]
                 else:
                     chunks.append(chunk)
-        for sink, chunks in pending.items():
-            sink.send(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        self.deliveries += deliveries
+        if pending:
+            for sink, chunks in pending.items():
+                sink.send(chunks[0] if len(chunks) == 1 else b"".join(chunks))

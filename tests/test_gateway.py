@@ -237,6 +237,25 @@ async def test_revocation_on_the_control_channel_closes_that_session_4001(
     await bystander.close()
 
 
+async def test_pipelined_messages_of_all_sizes_arrive_whole_and_in_order(
+    gateway: Gateway, make_session: MakeSession, redis: Redis
+) -> None:
+    # One pipeline: Redis writes the messages back to back, so reads hold many of them and
+    # split some (the subscriber parses each read in slices of a few KiB).
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("5"))
+    async with ws:
+        subscribed = await request(ws, {"type": "subscribe", "channel": "user:5"})
+        assert subscribed["type"] == "subscribed"
+        sizes = [1, 8190, 20_000, 3, 70_000, 5000, 9000, 100] * 4
+        payloads = [orjson.dumps({"n": n, "pad": "x" * size}) for n, size in enumerate(sizes)]
+        async with redis.pipeline(transaction=False) as pipe:
+            for payload in payloads:
+                pipe.publish("user:5", payload)
+            await pipe.execute()
+        received = [(await recv_json(ws))["data"] for _ in payloads]
+        assert received == [orjson.loads(payload) for payload in payloads]
+
+
 async def test_oversized_backend_message_is_dropped_and_others_flow(
     gateway_factory: MakeGateway, make_session: MakeSession, redis: Redis
 ) -> None:

@@ -55,6 +55,17 @@ def test_message_frame_embeds_json_verbatim_and_wraps_other_payloads() -> None:
     assert not_utf8["data"] == "\ufffd\ufffdok"
 
 
+@pytest.mark.parametrize("size", [0, 83, 84, 200, 65_493, 65_494])
+def test_message_frame_is_the_text_frame_of_its_json(size: int) -> None:
+    # Sizes either side of the 7-, 16- and 64-bit length encodings, with and without history.
+    data = orjson.dumps("x" * size)
+    channel = orjson.dumps("c")
+    plain = b'{"type":"message","channel":"c","data":' + data
+    assert message_frame(channel, data) == text_frame(plain + b"}")
+    history = plain + b',"offset":12,"epoch":"e1"}'
+    assert message_frame(channel, data, 12, "e1") == text_frame(history)
+
+
 def test_commands_parse_with_refs() -> None:
     assert parse_command('{"type":"subscribe","channel":"a","ref":1}') == Subscribe("a", 1)
     assert parse_command('{"type":"unsubscribe","channel":"a","ref":"x"}') == Unsubscribe("a", "x")

@@ -167,6 +167,29 @@ async def test_batch_is_one_write_per_sink() -> None:
     assert registry.deliveries == 5
 
 
+async def test_mixed_batch_gathers_only_readers_of_several_channels() -> None:
+    registry, _ = setup()
+    a, b, c = RecordingSink(), RecordingSink(), RecordingSink()
+    await live(registry, a, "x")
+    await live(registry, a, "y")
+    await live(registry, b, "y")
+    await live(registry, c, "z")
+    for channel, payload in ((b"x", b"1"), (b"z", b"2"), (b"y", b"3"), (b"x", b"4")):
+        registry.on_message(channel, payload)
+    registry.flush()
+    assert [len(s.writes) for s in (a, b, c)] == [1, 1, 1]
+    assert [f["data"] for f in a.frames()] == [1, 4, 3]  # channel by channel, in batch order
+    assert [f["data"] for f in b.frames()] == [3]
+    assert [f["data"] for f in c.frames()] == [2]
+    assert registry.deliveries == 5
+    registry.leave(a, ["x"])  # a now reads y alone
+    registry.on_message(b"x", b"5")
+    registry.on_message(b"y", b"6")
+    registry.flush()
+    assert [f["data"] for f in a.frames()] == [1, 4, 3, 6]
+    assert [f["data"] for f in b.frames()] == [3, 6]
+
+
 async def test_reconnect_resubscribes_in_one_command_and_sends_gaps() -> None:
     registry, _ = setup()
     a = RecordingSink()
