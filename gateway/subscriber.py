@@ -85,7 +85,10 @@ class PubSubProtocol(asyncio.Protocol):
         self._reader = hiredis.Reader()
         self._expect: deque[asyncio.Future[Any] | _Pending] = deque()
         self._transport: asyncio.Transport | None = None
-        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[Exception | None] = self._loop.create_future()
+        #: loop time of the last read: bytes arriving prove the link alive
+        self.last_read = self._loop.time()
 
     # -- asyncio callbacks -------------------------------------------------
 
@@ -112,6 +115,7 @@ class PubSubProtocol(asyncio.Protocol):
         feed, gets = self._reader.feed, self._reader.gets
         on_message = registry.on_message
         message = self._message
+        self.last_read = self._loop.time()
         size = len(data)
         try:
             # In slices: after each reply, once 1 KiB of its buffer is consumed, hiredis
@@ -334,16 +338,25 @@ class Subscriber:
             done, _ = await asyncio.wait({protocol.lost}, timeout=self._ping_interval_s)
             if done:
                 break
-            sent = asyncio.get_running_loop().time()
+            loop = asyncio.get_running_loop()
+            sent = loop.time()
             pong = protocol.request("PING")
             try:
-                await asyncio.wait_for(asyncio.shield(pong), self._ping_timeout_s)
+                while True:
+                    try:
+                        await asyncio.wait_for(asyncio.shield(pong), self._ping_timeout_s)
+                        break
+                    except TimeoutError:
+                        # A PONG queued behind a backlog of messages is late, not lost:
+                        # while bytes keep arriving, Redis is alive.
+                        if loop.time() - protocol.last_read >= self._ping_timeout_s:
+                            raise
             except TimeoutError:
                 protocol.abort()
                 return f"no PONG within {self._ping_timeout_s:g}s"
             except (ConnectionError, RedisReplyError):
                 break
-            self.ping_latency_s = asyncio.get_running_loop().time() - sent
+            self.ping_latency_s = loop.time() - sent
         exc = protocol.lost.result() if protocol.lost.done() else None
         if exc is not None:
             return _describe(exc)

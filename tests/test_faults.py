@@ -136,6 +136,34 @@ async def test_latency_delays_but_loses_nothing(
     await ws.close()
 
 
+async def test_a_pong_late_behind_a_backlog_keeps_the_link(
+    private: tuple[RedisServer, Redis], gateway_factory: MakeGateway
+) -> None:
+    """A slow link delivers a backlog for longer than the PONG timeout: the PING's reply
+    waits behind the messages, but bytes keep arriving, so Redis is alive: no reconnect,
+    no gap, nothing lost."""
+    server, redis = private
+    proxy = await FaultProxy(server.port).start()
+    try:
+        gateway = await gateway_factory(
+            proxy.url,
+            GATEWAY_REDIS_PING_SECONDS="0.2",
+            GATEWAY_REDIS_PING_TIMEOUT_SECONDS="0.5",
+        )
+        ws = await subscribed_client(ws_url(gateway), redis)
+        proxy.delay_s, proxy.trickle_bytes = 0.05, 2000  # 40 KB/s
+        payload = "x" * 900
+        for i in range(100):  # about 100 KB: 2.5 s on the slow link, five PONG timeouts
+            await redis.publish("public:faults", f'{{"i":{i},"pad":"{payload}"}}')
+        received = [await recv_json(ws, timeout_s=15) for _ in range(100)]
+        assert [frame.get("type") for frame in received] == ["message"] * 100
+        assert [frame["data"]["i"] for frame in received] == list(range(100))
+        assert gateway.subscriber.reconnects == 0
+        await ws.close()
+    finally:
+        await proxy.close()
+
+
 async def test_black_hole_is_detected_and_recovered(
     proxied: tuple[FaultProxy, Gateway, Redis],
 ) -> None:

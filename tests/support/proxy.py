@@ -1,4 +1,5 @@
-"""A TCP proxy between the gateway and Redis that injects faults: latency, black hole, reset."""
+"""A TCP proxy between the gateway and Redis that injects faults: latency, a slow link,
+black hole, reset."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ class FaultProxy:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.delay_s = 0.0
+        #: with delay_s: forward each read in pieces this big, delay_s apart (a slow link)
+        self.trickle_bytes: int | None = None
         self.blackhole = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -44,12 +47,14 @@ class FaultProxy:
     async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         try:
             while data := await source.read(65536):
-                if self.delay_s:
-                    await asyncio.sleep(self.delay_s)
-                if self.blackhole:
-                    continue  # swallowed: both ends stay open and hear nothing
-                sink.write(data)
-                await sink.drain()
+                step = self.trickle_bytes or len(data)
+                for start in range(0, len(data), step):
+                    if self.delay_s:
+                        await asyncio.sleep(self.delay_s)
+                    if self.blackhole:
+                        continue  # swallowed: both ends stay open and hear nothing
+                    sink.write(data[start : start + step])
+                    await sink.drain()
         except (ConnectionError, OSError):
             pass
         finally:
