@@ -267,3 +267,32 @@ async def test_oversized_backend_message_is_dropped_and_others_flow(
         await redis.publish("notifications", "small")
         assert (await recv_json(ws))["data"] == "small"
         assert gateway.registry.messages_dropped == 1
+
+
+async def test_commands_sent_back_to_back_are_answered_in_order(
+    gateway: Gateway, make_session: MakeSession
+) -> None:
+    """Subscribing waits for Redis; the commands behind it wait their turn, from the very
+    first frame after the auth frame (before the welcome) on."""
+    token = await make_session("order")
+    ws = await connect(ws_url(gateway))
+    commands = [
+        {"type": "auth", "token": token},
+        {"type": "subscribe", "channel": "public:order-a", "ref": 1},
+        {"type": "ping", "ref": 2},
+        {"type": "subscribe", "channel": "public:order-b", "ref": 3},
+        {"type": "unsubscribe", "channel": "public:order-a", "ref": 4},
+        {"type": "ping", "ref": 5},
+    ]
+    for command in commands:
+        await ws.send(orjson.dumps(command).decode())
+    replies = [await recv_json(ws) for _ in commands]
+    assert [(r["type"], r.get("ref")) for r in replies] == [
+        ("welcome", None),
+        ("subscribed", 1),
+        ("pong", 2),
+        ("subscribed", 3),
+        ("unsubscribed", 4),
+        ("pong", 5),
+    ]
+    await ws.close()
