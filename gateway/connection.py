@@ -19,7 +19,6 @@ from collections.abc import Callable, Coroutine
 import structlog
 from redis.exceptions import RedisError
 from websockets.http11 import Request
-from websockets.protocol import State
 
 from gateway.admission import AdmissionControl
 from gateway.auth import AuthFailure, SessionStore
@@ -73,7 +72,7 @@ CloseObserver = Callable[[int | None, float], None]
 class ClientConnection(WebSocket):
     """One client; the registry sees it as a non-blocking, bounded writer (``send``)."""
 
-    __slots__ = ("_first", "_handler", "_inbox", "conn_id", "session", "started")
+    __slots__ = ("_first", "_gone", "_handler", "_inbox", "conn_id", "session", "started")
 
     def __init__(self, server: WebSocketServer, handler: ConnectionHandler) -> None:
         super().__init__(server)
@@ -83,6 +82,7 @@ class ClientConnection(WebSocket):
         self.session: ClientSession | None = None
         #: loop time of the upgrade; None for requests that never upgraded
         self.started: float | None = None
+        self._gone = False  # the TCP connection is lost (finished() ran)
         # While a step runs: the commands that arrived meanwhile.
         self._inbox: collections.deque[str | bytes] | None = None
         # While logging in without a header: the first message, awaited.
@@ -105,7 +105,7 @@ class ClientConnection(WebSocket):
             return
         if self._inbox is not None:
             self._inbox.append(data)
-            if len(self._inbox) == INBOX_PAUSE:
+            if len(self._inbox) >= INBOX_PAUSE:
                 self.pause_reading()
             return
         self._handler.command(self, data)
@@ -125,19 +125,22 @@ class ClientConnection(WebSocket):
             log.error("connection_step_failed", conn=self.conn_id, error=repr(exc))
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
         inbox, self._inbox = self._inbox or collections.deque(), None
-        if self.state is State.CLOSED:
+        if self._gone:
             self._handler.finished(self)  # deferred until the step was over
             return
-        self.resume_reading()
         while inbox:
             self._handler.command(self, inbox.popleft())
             if self._inbox is not None:  # another step started: the rest waits for it
                 self._inbox.extend(inbox)
+                if len(self._inbox) < INBOX_PAUSE:
+                    self.resume_reading()
                 return
+        self.resume_reading()
 
     def finished(self) -> None:
         if self.started is None:
             return  # plain HTTP, or a refused upgrade
+        self._gone = True
         if self._first is not None and not self._first.done():
             self._first.set_result(None)
         if self._inbox is None:  # else when the running step is over
@@ -340,13 +343,16 @@ class ConnectionHandler:
     async def settle(self, timeout_s: float) -> None:
         """Let logins, subscribes and slot releases under way finish (Redis closes next);
         cancel what is still running after ``timeout_s``."""
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        # A step that ends may start more work (a slot release): wait for that too.
+        while self._tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
+        while self._tasks:
+            tasks = set(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
 
     async def _release(self, user_id: str, conn_id: str) -> None:
         with contextlib.suppress(RedisError):

@@ -220,8 +220,12 @@ class WebSocket(asyncio.Protocol):
         asyncio.get_running_loop().call_soon(self.overflow, buffered)
 
     def eof_received(self) -> bool:
+        self.closed = True  # the protocol is CLOSED now: nothing more may be written
         self._protocol.receive_eof()
         self._flush()
+        # The transport closes once its buffer drains; a peer that half-closed and reads
+        # nothing more would keep it (and its buffer) forever.
+        self._set_deadline()
         return False  # the WebSocket close handshake never needs a half-open socket
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -252,12 +256,14 @@ class WebSocket(asyncio.Protocol):
 
     def _expect_close(self) -> None:
         """The peer should close the TCP connection now; drop it if it does not."""
-        if self._protocol.state is State.CLOSED:
-            return
+        if self._protocol.state is not State.CLOSED:
+            self._set_deadline()
+
+    def _set_deadline(self) -> None:
+        """Drop the TCP connection after the close timeout, unless a sooner deadline is set:
+        a peer that keeps sending after the close must not push it back."""
         delay = self._server.options.close_timeout_s
         timer = self._timer
-        # Never push back a deadline already set: a peer that keeps sending after the
-        # close must not keep the connection.
         if timer is None or timer.when() > asyncio.get_running_loop().time() + delay:
             self._set_timer(delay, self.abort)
 
@@ -290,6 +296,8 @@ class WebSocket(asyncio.Protocol):
 
     def _answer(self, request: Request, response: Response | None) -> None:
         protocol = self._protocol
+        if protocol.eof_sent:
+            return  # bytes after the request (a pipelined request, a frame) failed it already
         if response is None:
             response = protocol.accept(request)
             if response.status_code == http.HTTPStatus.SWITCHING_PROTOCOLS and (
@@ -391,10 +399,11 @@ class WebSocketServer:
             self._server.close()
         self._drained = asyncio.Event()
         for ws in list(self.connections):
-            if ws.state is State.CONNECTING:
-                ws.abort()
-            else:
+            if ws.state is not State.CONNECTING:
                 ws.close(code, reason)
+            elif ws.request is None:
+                ws.abort()  # not even a request yet
+            # else: an HTTP answer is on its way, or an upgrade that gets 503 (_answer)
         if not self.connections:
             self._drained.set()
         try:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import orjson
 import pytest
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
+from websockets.frames import Frame, Opcode
 
 from gateway.channels import CONTROL_CHANNEL
 from gateway.control import revoke_message
@@ -296,3 +298,70 @@ async def test_commands_sent_back_to_back_are_answered_in_order(
         ("pong", 5),
     ]
     await ws.close()
+
+
+def _upgrade_request(headers: str = "") -> bytes:
+    return (
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"{headers}\r\n"
+    ).encode()
+
+
+async def test_a_client_that_half_closes_with_unread_bytes_mid_subscribe_is_forgotten_once(
+    gateway_factory: MakeGateway,
+    make_session: MakeSession,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The peer stops reading, then sends a subscribe and FIN. The gateway's buffer keeps
+    the TCP connection open after the FIN while the subscribe finishes: the connection
+    must be counted down once, when it is really gone, and nothing may raise."""
+    gateway = await gateway_factory(GATEWAY_MAX_BUFFER_BYTES=str(64 << 20))
+    token = await make_session("half")
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(_upgrade_request(f"Authorization: Bearer {token}\r\n"))
+    subscribe = {"type": "subscribe", "channel": "public:half-a"}
+    writer.write(Frame(Opcode.TEXT, orjson.dumps(subscribe)).serialize(mask=True))
+    async with asyncio.timeout(5):
+        await reader.readuntil(b'"type":"subscribed"')
+    (client,) = next(iter(gateway.handler._open.values()))
+    payload = orjson.dumps({"pad": "x" * 60_000}).decode()
+
+    async def backlog() -> bool:  # more than the kernel buffers hold: the gateway keeps some
+        await redis.publish("public:half-a", payload)
+        return client._transport.get_write_buffer_size() > 0
+
+    await wait_until(backlog, timeout_s=30, step_s=0)
+    subscribe = {"type": "subscribe", "channel": "public:half-b"}
+    writer.write(Frame(Opcode.TEXT, orjson.dumps(subscribe)).serialize(mask=True))
+    writer.write_eof()
+
+    async def subscribed() -> bool:
+        return dict(await redis.pubsub_numsub("public:half-b"))[b"public:half-b"] == 1
+
+    await wait_until(subscribed)
+    writer.transport.abort()  # the peer goes away for good
+
+    async def gone() -> bool:
+        return gateway.handler.sockets <= 0 and not gateway.handler._tasks
+
+    await wait_until(gone)
+    assert gateway.handler.sockets == 0  # counted down once, not twice
+    assert gateway.handler.connections == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_pipelined_http_requests_are_closed_cleanly(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """HTTP pipelining is not supported: the bytes after the request fail it (as in
+    websockets' own server), the connection is closed, and nothing raises."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    request_bytes = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    writer.write(request_bytes * 2)
+    async with asyncio.timeout(5):
+        await reader.read()  # until the gateway closes the connection
+    writer.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert await http_get(f"http://127.0.0.1:{gateway.port}/healthz") == (200, "ok\n")
