@@ -133,7 +133,8 @@ class WebSocket(asyncio.Protocol):
     @property
     def close_code(self) -> int | None:
         """The close code received (1006 if the connection dropped); None while open."""
-        return self._protocol.close_code
+        code = self._protocol.close_code
+        return None if code is None else int(code)  # a plain int in logs, not an enum
 
     def send(self, data: bytes) -> None:
         """Write ``data`` (whole frames) now; past the buffer limit, :meth:`overflow`."""
