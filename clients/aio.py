@@ -36,10 +36,7 @@ class AsyncPublisher(PublisherBase):
         if not commands:
             return operation.result([])
         with self._errors(operation):
-            if isinstance(self._redis, RedisCluster) or (
-                len(commands) == 1 and not operation.atomic
-            ):
-                # A cluster spreads the commands over slots: one at a time, not atomic.
+            if operation.one_at_a_time(isinstance(self._redis, RedisCluster)):
                 return operation.result([await self._redis.execute_command(*c) for c in commands])
             pipe = self._redis.pipeline(transaction=operation.atomic)
             for command in commands:

@@ -38,6 +38,11 @@ class Operation(Generic[T]):
     result: Callable[[list[Any]], T]
     atomic: bool = False
 
+    def one_at_a_time(self, cluster: bool) -> bool:
+        """Send the commands one by one rather than in a pipeline: a lone command needs
+        none, and a cluster spreads the commands over slots (one at a time, not atomic)."""
+        return cluster or (len(self.commands) == 1 and not self.atomic)
+
 
 def _receivers_of(reply: Any) -> int:
     # PUBLISH answers the count; the history script answers [count, offset, epoch].

@@ -42,14 +42,11 @@ class Publisher(PublisherBase):
         if not commands:
             return operation.result([])
         with self._errors(operation):
-            if isinstance(self._redis, RedisCluster) or (
-                len(commands) == 1 and not operation.atomic
-            ):
-                # A cluster spreads the commands over slots: one at a time, not atomic.
+            if operation.one_at_a_time(isinstance(self._redis, RedisCluster)):
                 return operation.result([self._redis.execute_command(*c) for c in commands])  # type: ignore[no-untyped-call]
             pipe = self._redis.pipeline(transaction=operation.atomic)
             for command in commands:
-                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+                pipe.execute_command(*command)
             return operation.result(pipe.execute())
 
     def publish(self, channel: str, data: Any, *, history: bool = False) -> int:
