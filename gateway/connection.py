@@ -124,18 +124,17 @@ class ClientConnection(WebSocket):
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("connection_step_failed", conn=self.conn_id, error=repr(exc))
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
-        inbox, self._inbox = self._inbox or collections.deque(), None
+        inbox, self._inbox = self._inbox, None
+        assert inbox is not None  # set by run_step
         if self._gone:
             self._handler.finished(self)  # deferred until the step was over
             return
-        while inbox:
+        while inbox and self._inbox is None:
             self._handler.command(self, inbox.popleft())
-            if self._inbox is not None:  # another step started: the rest waits for it
-                self._inbox.extend(inbox)
-                if len(self._inbox) < INBOX_PAUSE:
-                    self.resume_reading()
-                return
-        self.resume_reading()
+        if self._inbox is not None:  # another step started: the rest waits for it
+            self._inbox.extend(inbox)
+        if self._inbox is None or len(self._inbox) < INBOX_PAUSE:
+            self.resume_reading()
 
     def finished(self) -> None:
         if self.started is None:

@@ -226,15 +226,13 @@ class WebSocket(asyncio.Protocol):
         self._flush()
         # The transport closes once its buffer drains; a peer that half-closed and reads
         # nothing more would keep it (and its buffer) forever.
-        self._set_deadline()
+        self._expect_close()
         return False  # the WebSocket close handshake never needs a half-open socket
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._protocol.receive_eof()  # the state becomes CLOSED
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
         self._server.forget(self)
         self.finished()
 
@@ -251,18 +249,18 @@ class WebSocket(asyncio.Protocol):
                 transport.close()
 
     def _set_timer(self, delay: float, callback: Callable[[], object]) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._cancel_timer()
         self._timer = asyncio.get_running_loop().call_later(delay, callback)
 
-    def _expect_close(self) -> None:
-        """The peer should close the TCP connection now; drop it if it does not."""
-        if self._protocol.state is not State.CLOSED:
-            self._set_deadline()
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    def _set_deadline(self) -> None:
-        """Drop the TCP connection after the close timeout, unless a sooner deadline is set:
-        a peer that keeps sending after the close must not push it back."""
+    def _expect_close(self) -> None:
+        """The peer should close the TCP connection now: drop it after the close timeout,
+        unless a sooner deadline is set (a peer that keeps sending after the close must
+        not push it back)."""
         delay = self._server.options.close_timeout_s
         timer = self._timer
         if timer is None or timer.when() > asyncio.get_running_loop().time() + delay:
@@ -310,9 +308,7 @@ class WebSocket(asyncio.Protocol):
         protocol.send_response(response)
         self._flush()
         if protocol.state is State.OPEN:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._cancel_timer()
             self.closed = False
             self.opened()
         else:
