@@ -25,7 +25,7 @@ from websockets.uri import parse_uri
 from bench.autobahn.echo import Echo, port_of, start
 from gateway.protocol import binary_frame, text_frame
 from gateway.websocket import WebSocketOptions, WebSocketServer
-from tests.support.ws import wait_until
+from tests.support.ws import raw_upgraded, wait_until
 
 # Payload lengths where the header changes: 7-bit, 16-bit and 64-bit lengths.
 BOUNDARIES = [0, 1, 125, 126, 127, 65535, 65536, 65537]
@@ -129,25 +129,12 @@ async def test_echo_endpoint_answers_a_fragmented_message_with_one_message(
         await pong
 
 
-async def _upgraded(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A raw TCP connection, upgraded to WebSocket on ``port``."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"Sec-WebSocket-Version: 13\r\n\r\n"
-    )
-    async with asyncio.timeout(5):
-        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
-    return reader, writer
-
-
 async def _exchange_raw(frames: bytes) -> bytes:
     """Upgrade a raw socket to the echo endpoint, send ``frames`` in one write, and
     return every byte the server sends until it drops the TCP connection."""
     server = await start()
     try:
-        reader, writer = await _upgraded(port_of(server))
+        reader, writer = await raw_upgraded(port_of(server))
         async with asyncio.timeout(5):
             writer.write(frames)  # one write, so the server reads them at once
             received = await reader.read()
@@ -188,7 +175,7 @@ async def test_a_peer_that_keeps_sending_after_the_close_is_dropped_at_the_close
     server = WebSocketServer(Echo, options)
     await server.listen("127.0.0.1", 0)
     try:
-        _, writer = await _upgraded(server.port)
+        _, writer = await raw_upgraded(server.port)
         assert server.connections
         writer.write(Frame(Opcode.TEXT, b"\xff").serialize(mask=True))  # 1007 from the server
 

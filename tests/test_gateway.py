@@ -16,7 +16,15 @@ from gateway.control import revoke_message
 from gateway.server import Gateway
 from gateway.session import session_digest
 from tests.conftest import MakeGateway, MakeSession, ws_url
-from tests.support.ws import close_code, connect_authed, http_get, recv_json, request, wait_until
+from tests.support.ws import (
+    close_code,
+    connect_authed,
+    http_get,
+    recv_json,
+    request,
+    upgrade_request,
+    wait_until,
+)
 
 
 async def numsub(redis: Redis, channel: str) -> int:
@@ -300,14 +308,6 @@ async def test_commands_sent_back_to_back_are_answered_in_order(
     await ws.close()
 
 
-def _upgrade_request(headers: str = "") -> bytes:
-    return (
-        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-        f"{headers}\r\n"
-    ).encode()
-
-
 async def test_a_client_that_half_closes_with_unread_bytes_mid_subscribe_is_forgotten_once(
     gateway_factory: MakeGateway,
     make_session: MakeSession,
@@ -320,7 +320,7 @@ async def test_a_client_that_half_closes_with_unread_bytes_mid_subscribe_is_forg
     gateway = await gateway_factory(GATEWAY_MAX_BUFFER_BYTES=str(64 << 20))
     token = await make_session("half")
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-    writer.write(_upgrade_request(f"Authorization: Bearer {token}\r\n"))
+    writer.write(upgrade_request(f"Authorization: Bearer {token}\r\n"))
     subscribe = {"type": "subscribe", "channel": "public:half-a"}
     writer.write(Frame(Opcode.TEXT, orjson.dumps(subscribe)).serialize(mask=True))
     async with asyncio.timeout(5):

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from gateway.server import Gateway
 from tests.conftest import MakeGateway, MakeSession
-from tests.support.ws import wait_until
+from tests.support.ws import raw_upgraded, wait_until
 
 
 class RawClient:
@@ -24,16 +24,7 @@ class RawClient:
 
     @classmethod
     async def open(cls, gateway: Gateway, token: str) -> RawClient:
-        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-        writer.write(
-            (
-                f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\nUpgrade: websocket\r\n"
-                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
-            ).encode()
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101"), head
+        reader, writer = await raw_upgraded(gateway.port, f"Authorization: Bearer {token}\r\n")
         return cls(reader, writer)
 
     async def frame(self) -> tuple[int, bytes]:

@@ -18,8 +18,10 @@ __all__ = [
     "connect_subscribed",
     "http_fetch",
     "http_get",
+    "raw_upgraded",
     "recv_json",
     "request",
+    "upgrade_request",
     "wait_until",
 ]
 
@@ -102,3 +104,25 @@ async def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int
     """GET over a real HTTP client; returns (status, body) for any status."""
     status, _headers, body = await http_fetch(url, headers)
     return status, body
+
+
+def upgrade_request(headers: str = "") -> bytes:
+    """A WebSocket upgrade request for ``/ws`` as raw bytes; ``headers``: extra
+    ``Name: value\\r\\n`` lines."""
+    return (
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"{headers}\r\n"
+    ).encode()
+
+
+async def raw_upgraded(
+    port: int, headers: str = ""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw TCP connection to 127.0.0.1:``port``, upgraded to WebSocket (101 checked)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(upgrade_request(headers))
+    async with asyncio.timeout(TIMEOUT_S):
+        head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
