@@ -341,20 +341,13 @@ class Subscriber:
             loop = asyncio.get_running_loop()
             sent = loop.time()
             pong = protocol.request("PING")
-            try:
-                while True:
-                    try:
-                        await asyncio.wait_for(asyncio.shield(pong), self._ping_timeout_s)
-                        break
-                    except TimeoutError:
-                        # A PONG queued behind a backlog of messages is late, not lost:
-                        # while bytes keep arriving, Redis is alive.
-                        if loop.time() - protocol.last_read >= self._ping_timeout_s:
-                            raise
-            except TimeoutError:
-                protocol.abort()
-                return f"no PONG within {self._ping_timeout_s:g}s"
-            except (ConnectionError, RedisReplyError):
+            # A PONG queued behind a backlog of messages is late, not lost: while bytes
+            # keep arriving, Redis is alive.
+            while not (await asyncio.wait({pong}, timeout=self._ping_timeout_s))[0]:
+                if loop.time() - protocol.last_read >= self._ping_timeout_s:
+                    protocol.abort()
+                    return f"no PONG within {self._ping_timeout_s:g}s"
+            if pong.exception() is not None:  # the link failed: ConnectionError, or a reply
                 break
             self.ping_latency_s = loop.time() - sent
         exc = protocol.lost.result() if protocol.lost.done() else None
