@@ -2,18 +2,23 @@
 # Both stages use the same base so the virtualenv's interpreter path holds in the final image.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# Build: a virtualenv with the package and its dependencies (all ship wheels: no compiler).
+# Build: a virtualenv with exactly what uv.lock pins for serving (all wheels: no compiler).
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    UV_PROJECT_ENVIRONMENT=/opt/venv \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_COMPILE_BYTECODE=0 \
+    UV_NO_CACHE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY requirements/uv.txt ./requirements/
+RUN python -m pip install --no-cache-dir --require-hashes --no-deps -r requirements/uv.txt
+COPY pyproject.toml uv.lock README.md ./
 COPY gateway ./gateway
 COPY clients ./clients
-RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir --only-binary=:all: . \
- && /opt/venv/bin/pip uninstall --yes pip setuptools wheel \
+# --no-editable: the package itself is copied into the virtualenv, so /src can be left behind.
+RUN uv sync --locked --no-default-groups --no-editable \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
 # Run: the virtualenv only; no pip, no sources, no build tools, an unprivileged user.

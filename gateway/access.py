@@ -56,7 +56,7 @@ async def _subscribe(redis: Redis, channel: str) -> None:
         # The confirmation, or the NOPERM error raised while reading it.
         await pubsub.get_message(timeout=CONFIRM_TIMEOUT_S)
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
 
 
 async def _admission_cycle(admission: AdmissionControl) -> None:

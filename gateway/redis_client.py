@@ -133,7 +133,7 @@ def async_redis(config: RedisConfig, max_connections: int = 32) -> redis.asyncio
         for key in ("host", "port"):
             del kwargs[key]
         assert config.sentinel_master is not None
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(
             config.sentinels,
             sentinel_kwargs={
                 "password": config.sentinel_password,
@@ -169,7 +169,7 @@ def sync_redis(config: RedisConfig, max_connections: int = 32) -> redis.Redis:
         for key in ("host", "port"):
             del kwargs[key]
         assert config.sentinel_master is not None
-        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = redis.sentinel.Sentinel(
             config.sentinels,
             sentinel_kwargs={
                 "password": config.sentinel_password,
@@ -177,7 +177,7 @@ def sync_redis(config: RedisConfig, max_connections: int = 32) -> redis.Redis:
                 "socket_timeout": config.connect_timeout_s,
             },
         )
-        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        client: redis.Redis = sentinel.master_for(
             config.sentinel_master,
             max_connections=max_connections,
             retry=Retry(_backoff(), config.max_retries),
