@@ -149,7 +149,10 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
         for kind, rows in runs[0]["targets"].items()
     }
     ceiling = [run["ceiling"] for run in runs if "ceiling" in run]
-    floor = [_median_row([run["floor"][i] for run in runs]) for i in range(len(runs[0]["floor"]))]
+    # --scenario without sustained runs no latency floor
+    floor = [
+        _median_row([run["floor"][i] for run in runs]) for i in range(len(runs[0].get("floor", [])))
+    ]
     return {
         **({"ceiling": _median_row(ceiling)} if ceiling else {}),
         "floor": floor,

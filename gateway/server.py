@@ -11,7 +11,7 @@ from http import HTTPStatus
 import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
-from websockets.http11 import Request, Response
+from websockets.http11 import Response
 from websockets.typing import Origin
 
 from gateway.access import verify_gateway_access
@@ -26,12 +26,13 @@ from gateway.diagnose import RedisSetupError, diagnose
 from gateway.history import Position
 from gateway.http import (
     Route,
+    Router,
     bearer_protected,
     bytes_response,
     json_response,
-    route_requests,
     text_response,
 )
+from gateway.http11 import HttpRequest
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.protocol import CloseCode
 from gateway.recovery import HistoryReader, Recoverer
@@ -97,7 +98,7 @@ class Gateway:
                 self.redis, settings.admission, lease_s=max(10.0, 3 * settings.session_recheck_s)
             ),
             self.history,
-            respond=route_requests(self._routes()),
+            respond=Router(self._routes()),
             on_closed=self.metrics.connection_closed,
         )
         self.metrics.track(self.registry, self.handler, self.subscriber)
@@ -126,20 +127,20 @@ class Gateway:
         self.recoverer.start(channel, since)
 
     def _routes(self) -> dict[str, Route]:
-        def healthz(_request: Request) -> Response:
+        def healthz(_request: HttpRequest) -> Response:
             return text_response(HTTPStatus.OK, "ok\n")
 
-        def readyz(_request: Request) -> Response:
+        def readyz(_request: HttpRequest) -> Response:
             if self.subscriber.ready:
                 return text_response(HTTPStatus.OK, "ready\n")
             return text_response(
                 HTTPStatus.SERVICE_UNAVAILABLE, "Redis subscriber connection is down\n"
             )
 
-        def metrics(_request: Request) -> Response:
+        def metrics(_request: HttpRequest) -> Response:
             return bytes_response(HTTPStatus.OK, self.metrics.exposition(), CONTENT_TYPE)
 
-        def status(_request: Request) -> Response:
+        def status(_request: HttpRequest) -> Response:
             report = status_report(
                 self.settings,
                 self.registry,
@@ -152,10 +153,10 @@ class Gateway:
 
         admin = self.settings.admin_token
         return {
-            "/healthz": healthz,
-            "/readyz": readyz,
-            "/metrics": bearer_protected(admin, metrics),
-            "/status": bearer_protected(admin, status),
+            "/healthz": Route(healthz),
+            "/readyz": Route(readyz),
+            "/metrics": Route(bearer_protected(admin, metrics)),
+            "/status": Route(bearer_protected(admin, status)),
             **browser_routes(),
         }
 
@@ -225,6 +226,9 @@ class Gateway:
             compression=settings.compression,
             handshake_timeout_s=settings.handshake_timeout_s,
             close_timeout_s=CLOSE_TIMEOUT_S,
+            frame_rate=settings.limits.frame_rate_per_second,
+            frame_burst=settings.limits.frame_burst,
+            max_body=settings.limits.max_body_bytes,
         )
         handler = self.handler
         self._server = WebSocketServer(lambda server: ClientConnection(server, handler), options)

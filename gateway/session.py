@@ -31,6 +31,7 @@ from gateway.protocol import (
     parse_command,
     reply_frame,
 )
+from gateway.ratelimit import TokenBucket
 
 __all__ = [
     "Action",
@@ -95,27 +96,6 @@ def parse_session(raw: bytes) -> Session:
     if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
         raise SessionError("session_channels_not_list")
     return Session(str(user), tuple(channels))
-
-
-class TokenBucket:
-    """Classic token bucket; time comes from the caller, so it is deterministic in tests."""
-
-    __slots__ = ("_capacity", "_rate", "_stamp", "_tokens")
-
-    def __init__(self, rate: float, capacity: int, now: float) -> None:
-        self._rate = rate
-        self._capacity = float(capacity)
-        self._tokens = float(capacity)
-        self._stamp = now
-
-    def take(self, now: float) -> bool:
-        elapsed = max(0.0, now - self._stamp)
-        self._stamp = now
-        self._tokens = min(self._capacity, self._tokens + elapsed * self._rate)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -350,18 +350,3 @@ async def test_a_client_that_half_closes_with_unread_bytes_mid_subscribe_is_forg
     assert gateway.handler.sockets == 0  # counted down once, not twice
     assert gateway.handler.connections == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-
-
-async def test_pipelined_http_requests_are_closed_cleanly(
-    gateway: Gateway, caplog: pytest.LogCaptureFixture
-) -> None:
-    """HTTP pipelining is not supported: the bytes after the request fail it (as in
-    websockets' own server), the connection is closed, and nothing raises."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-    request_bytes = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    writer.write(request_bytes * 2)
-    async with asyncio.timeout(5):
-        await reader.read()  # until the gateway closes the connection
-    writer.close()
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert await http_get(f"http://127.0.0.1:{gateway.port}/healthz") == (200, "ok\n")
