@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable, Sequence
 
 import orjson
 import pytest
@@ -25,6 +26,7 @@ from gateway.session import ClientSession, Session
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.process import GatewayProcess
 from tests.support.redis_server import RedisServer
+from tests.support.tokens import new_token
 from tests.support.ws import (
     close_code,
     connect_authed,
@@ -138,6 +140,33 @@ async def test_attempts_per_ip_behind_a_trusted_proxy(
 
     assert [await attempt("198.51.100.7") for _ in range(3)] == ["welcome", "welcome", 4029]
     assert await attempt("198.51.100.8") == "welcome"
+
+
+async def test_an_auth_frame_sent_while_login_waits_for_redis_is_not_lost(
+    gateway_factory: MakeGateway, redis_factory: Callable[[Sequence[str]], RedisServer]
+) -> None:
+    """With GATEWAY_MAX_ATTEMPTS_PER_IP on, login first counts the attempt in Redis; an auth
+    frame that arrives meanwhile must be the one login then reads (it was dropped: 4001)."""
+    server = redis_factory(())
+    gateway = await gateway_factory(server.url, GATEWAY_MAX_ATTEMPTS_PER_IP="100")
+    redis = Redis.from_url(server.url)
+    token = new_token()
+    await redis.set(f"session:{token}", b'{"userId": "early"}', ex=60)
+    await redis.execute_command("CLIENT", "PAUSE", "10000", "WRITE")  # the attempt counter waits
+    try:
+        ws = await connect(ws_url(gateway))
+        await ws.send(orjson.dumps({"type": "auth", "token": token}).decode())
+
+        async def auth_frame_arrived() -> bool:
+            return any(getattr(client, "_inbox", None) for client in gateway._server.connections)
+
+        await wait_until(auth_frame_arrived)  # received while login waits: the window
+    finally:
+        await redis.execute_command("CLIENT", "UNPAUSE")
+    welcome = await recv_json(ws)
+    assert (welcome["type"], welcome["user"]) == ("welcome", "early")
+    await ws.close()
+    await redis.aclose()
 
 
 async def test_origin_allowlist(gateway_factory: MakeGateway, make_session: MakeSession) -> None:
