@@ -28,6 +28,7 @@ from gateway.protocol import (
     Subscribe,
     Unsubscribe,
     error_frame,
+    frame_ref,
     parse_command,
     reply_frame,
 )
@@ -154,6 +155,7 @@ class ClientSession:
                 error_frame(
                     ErrorCode.RATE_LIMITED,
                     f"more than {self._limits.rate_per_second:g} frames per second; slow down",
+                    frame_ref(data),  # parsed only now: accepted frames are parsed once
                 )
             )
         command = parse_command(data)
@@ -162,7 +164,7 @@ class ClientSession:
         if isinstance(command, Ping):
             return Reply(reply_frame("pong", command.ref))
         if isinstance(command, Auth):
-            return Reply(error_frame(ErrorCode.BAD_REQUEST, "already authenticated"))
+            return Reply(error_frame(ErrorCode.BAD_REQUEST, "already authenticated", command.ref))
         return self._channel_command(command)
 
     def _channel_command(self, command: Subscribe | Unsubscribe) -> Action:
