@@ -42,7 +42,7 @@ from gateway.status import status_report
 from gateway.subscriber import Backoff, Subscriber
 from gateway.websocket import WebSocketOptions, WebSocketServer
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "websocket_options"]
 
 log = structlog.get_logger("gateway.server")
 
@@ -50,6 +50,26 @@ log = structlog.get_logger("gateway.server")
 CLOSE_TIMEOUT_S = 5.0
 #: seconds stop() gives logins, subscribes and slot releases under way before Redis closes
 SETTLE_TIMEOUT_S = 2.0
+
+
+def websocket_options(settings: GatewaySettings) -> WebSocketOptions:
+    """The connection layer's limits as the settings give them (the Autobahn echo endpoint
+    runs with these too)."""
+    origins: list[Origin | None] | None = None
+    if settings.admission.allowed_origins:
+        # Browsers always send Origin; services without one are not a CSWSH vector.
+        origins = [*(Origin(o) for o in settings.admission.allowed_origins), None]
+    return WebSocketOptions(
+        max_size=settings.limits.max_frame_bytes,
+        max_buffer=settings.limits.max_buffer_bytes,
+        origins=origins,
+        compression=settings.compression,
+        handshake_timeout_s=settings.handshake_timeout_s,
+        close_timeout_s=CLOSE_TIMEOUT_S,
+        frame_rate=settings.limits.frame_rate_per_second,
+        frame_burst=settings.limits.frame_burst,
+        max_body=settings.limits.max_body_bytes,
+    )
 
 
 class Gateway:
@@ -215,21 +235,7 @@ class Gateway:
         ]
         for task in self._tasks:
             task.add_done_callback(self._watch_setup)
-        origins: list[Origin | None] | None = None
-        if settings.admission.allowed_origins:
-            # Browsers always send Origin; services without one are not a CSWSH vector.
-            origins = [*(Origin(o) for o in settings.admission.allowed_origins), None]
-        options = WebSocketOptions(
-            max_size=settings.limits.max_frame_bytes,
-            max_buffer=settings.limits.max_buffer_bytes,
-            origins=origins,
-            compression=settings.compression,
-            handshake_timeout_s=settings.handshake_timeout_s,
-            close_timeout_s=CLOSE_TIMEOUT_S,
-            frame_rate=settings.limits.frame_rate_per_second,
-            frame_burst=settings.limits.frame_burst,
-            max_body=settings.limits.max_body_bytes,
-        )
+        options = websocket_options(settings)
         handler = self.handler
         self._server = WebSocketServer(lambda server: ClientConnection(server, handler), options)
         await self._server.listen(settings.host, settings.port, reuse_port=self._reuse_port)
