@@ -31,6 +31,7 @@ MAX_TARGET_BYTES: Final = 8 * 1024
 MAX_HEAD_BYTES: Final = 16 * 1024
 #: header lines per request; 431 above (websockets' own limit)
 MAX_HEADERS: Final = 128
+_NO_HEADERS: Final = Headers()
 
 
 @dataclasses.dataclass(slots=True)
@@ -98,7 +99,7 @@ class RequestReader:
         self._refusal: BadRequest | None = None
         self._target = b""
         self._headers: list[tuple[str, str]] = []
-        self._head = Headers()
+        self._head = _NO_HEADERS  # each request's, from its on_headers_complete
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._head_bytes = 0
@@ -144,7 +145,6 @@ class RequestReader:
 
     def on_message_begin(self) -> None:
         self._target = b""
-        self._head = Headers()
         self._body = []
         self._body_bytes = 0
         self._head_bytes = 0
@@ -213,5 +213,3 @@ class RequestReader:
                 upgrade=parser.should_upgrade(),
             )
         )
-        self._head = Headers()
-        self._body = []
