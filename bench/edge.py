@@ -11,7 +11,9 @@ on a shared machine):
   (skipped with ``--no-keep-alive``: a gateway that closes after each answer);
 - ``GET /healthz`` on a new connection each (``Connection: close``);
 - WebSocket upgrades without credentials: the upgrade request, the 101, then the client
-  closes the TCP connection (no login, so no Redis round trip in the figure).
+  closes the TCP connection (no login, so no Redis round trip in the figure);
+- logins: an upgrade with a bearer token, until the ``welcome`` frame (the session read
+  and the admission script in Redis included).
 
 Bounded by the counts given; every process started is stopped by PID.
 """
@@ -25,14 +27,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from redis import Redis
 
 from bench.procs import Server, start_redis, stop_all
+from bench.wire import token
 from tests.support.ws import upgrade_request
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n"
 HEALTHZ_CLOSE = b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
 ANSWER_END = b"ok\n"
 CONCURRENCY = 8
+SESSIONS = 100  # users the logins cycle through (20 connections each at most, all closed)
 
 
 async def _kept_alive(port: int, count: int) -> None:
@@ -58,6 +63,14 @@ async def _upgrades(port: int, count: int) -> None:
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101"), head
+        writer.transport.abort()
+
+
+async def _logins(port: int, count: int) -> None:
+    for i in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(upgrade_request(f"Authorization: Bearer {token(i % SESSIONS)}\r\n"))
+        await reader.readuntil(b'"type":"welcome"')
         writer.transport.abort()
 
 
@@ -90,6 +103,7 @@ async def run(args: argparse.Namespace, server: Server) -> list[dict[str, Any]]:
         await _measure(server, "GET /healthz, a connection each", args.requests // 4, _one_each)
     )
     results.append(await _measure(server, "WebSocket upgrade", args.upgrades, _upgrades))
+    results.append(await _measure(server, "login (upgrade + welcome)", args.upgrades, _logins))
     return results
 
 
@@ -101,8 +115,13 @@ def main() -> None:
     args = parser.parse_args()
     redis_server = start_redis()
     try:
+        redis = Redis(port=redis_server.port)
+        for i in range(SESSIONS):
+            redis.set(f"session:{token(i)}", orjson.dumps({"userId": f"edge-{i}"}), ex=3600)
+        redis.close()
         # Upgrades without credentials wait for their auth frame: let them, quietly.
-        server = Server("gateway", redis_server.port, settings={"GATEWAY_AUTH_TIMEOUT": "60"})
+        settings = {"GATEWAY_AUTH_TIMEOUT": "60", "GATEWAY_MAX_ATTEMPTS_PER_USER": "1000000"}
+        server = Server("gateway", redis_server.port, settings=settings)
         results = asyncio.run(run(args, server))
     finally:
         stop_all()

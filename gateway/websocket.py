@@ -256,11 +256,11 @@ class WebSocket(asyncio.Protocol):
         http_side = self._http
         if http_side is None:
             self._frames_received(data)
-        elif not http_side.reader.closed and http_side.reader.upgraded is None:
+        elif http_side.reader.upgraded is not None:
+            http_side.backlog += data  # frames after an upgrade not answered yet
+        elif not http_side.reader.closed:  # else: after a last request, not read (RFC 9112 9.6)
             http_side.backlog += data
             self._pump()
-        # else: bytes after the last request, or after an upgrade not answered yet: the
-        # first are not read (RFC 9112 9.6), the second wait in the backlog
 
     def pause_writing(self) -> None:
         if self.closed:

@@ -103,6 +103,24 @@ def test_expect_100_continue_is_flagged_until_the_body_arrives() -> None:
     assert not reader.expects_continue
 
 
+def test_headers_read_are_websockets_headers_with_every_value_in_order() -> None:
+    reader = RequestReader(max_body=100)
+    (request,) = reader.feed(b"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\na: 2\r\nB: \xe9\r\n\r\n")
+    expected = Headers([("Host", "x"), ("A", "1"), ("a", "2"), ("B", "\xe9")])
+    assert request.headers == expected
+    assert list(request.headers.raw_items()) == list(expected.raw_items())
+    assert request.headers.get_all("A") == ["1", "2"]
+    assert request.headers["b"] == "\xe9"  # ISO-8859-1 round-trips any byte
+
+
+def test_header_values_with_control_characters_are_refused_by_the_parser() -> None:
+    for bad in (b"A: x\x00y", b"A: x\ry", b"A: x\x7fy"):
+        reader = RequestReader(max_body=100)
+        assert reader.feed(b"GET / HTTP/1.1\r\n" + bad + b"\r\n\r\n") == []
+        assert reader.error is not None
+        assert reader.error.status == 400
+
+
 def test_the_bytes_after_an_upgrade_request_are_kept_for_the_websocket() -> None:
     reader = RequestReader(max_body=100)
     frame = Frame(Opcode.TEXT, b"{}").serialize(mask=True)
@@ -391,3 +409,16 @@ async def test_websocket_clients_still_connect(gateway: Gateway, make_session: M
     assert welcome["user"] == "still"
     await ws.close()
     assert await close_code(ws) == 1000
+
+
+async def test_an_idle_kept_alive_connection_does_not_hold_up_shutdown(
+    gateway_factory: MakeGateway,
+) -> None:
+    gateway = await gateway_factory(GATEWAY_SHUTDOWN_TIMEOUT="5")
+    client = await RawHttp.open(gateway.port)
+    client.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await client.responses(1))[0].status == 200
+    async with asyncio.timeout(2):  # well within the drain timeout
+        await gateway.stop()
+    assert await client.closed()
+    await client.close()
