@@ -96,7 +96,7 @@ class WebSocketOptions:
 class _HttpSide:
     """A connection's HTTP state until it upgrades (then it is dropped)."""
 
-    __slots__ = ("backlog", "busy", "continued", "eof", "pending", "reader", "scheduled")
+    __slots__ = ("backlog", "busy", "continued", "eof", "pending", "reader")
 
     def __init__(self, max_body: int) -> None:
         self.reader = RequestReader(max_body)
@@ -110,8 +110,6 @@ class _HttpSide:
         self.continued = False
         #: the peer half-closed: close once everything read is answered
         self.eof = False
-        #: a pump is scheduled for the next turn of the loop
-        self.scheduled = False
 
 
 class WebSocket(asyncio.Protocol):
@@ -301,13 +299,11 @@ class WebSocket(asyncio.Protocol):
         http_side = self._http
         if http_side is None or self._transport.is_closing():
             return
-        http_side.scheduled = False
         reader = http_side.reader
         answered = 0
         while not http_side.busy:
             if http_side.pending:
                 if answered == PIPELINE_ROUND:
-                    http_side.scheduled = True
                     asyncio.get_running_loop().call_soon(self._pump)
                     break
                 answered += 1

@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import http.client
 import logging
+from collections.abc import Awaitable, Iterator
 from http import HTTPStatus
+from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
 from websockets.extensions.permessage_deflate import (
@@ -27,11 +30,26 @@ from websockets.uri import parse_uri
 from gateway.http import Route, Router, single_header, text_response
 from gateway.http11 import MAX_HEADERS, BadRequest, HttpRequest, RequestReader
 from gateway.server import Gateway
+from gateway.websocket import WebSocket, WebSocketOptions, WebSocketServer
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.http import RawHttp
 from tests.support.ws import close_code, connect_authed, upgrade_request
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
+Events = list[dict[str, Any]]
+
+
+@pytest.fixture
+def events() -> Iterator[Events]:
+    """The gateway's structlog events during the test."""
+    with capture_logs() as logs:
+        yield logs
+
+
+def _errors(caplog: pytest.LogCaptureFixture, events: Events) -> list[object]:
+    """Error-level records: library ones (logging) and the gateway's own (structlog)."""
+    library = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    return [*library, *(e for e in events if e["log_level"] in ("error", "critical"))]
 
 
 def _request(method: str = "GET", target: str = "/", headers: Headers | None = None) -> HttpRequest:
@@ -266,7 +284,7 @@ async def test_methods_a_route_does_not_take_get_405_with_allow(gateway: Gateway
 
 
 async def test_pipelined_requests_are_answered_in_order_on_a_kept_alive_connection(
-    gateway: Gateway, caplog: pytest.LogCaptureFixture
+    gateway: Gateway, caplog: pytest.LogCaptureFixture, events: Events
 ) -> None:
     client = await RawHttp.open(gateway.port)
     client.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 50 + b"GET /readyz HTTP/1.1\r\n\r\n")
@@ -278,7 +296,7 @@ async def test_pipelined_requests_are_answered_in_order_on_a_kept_alive_connecti
     assert missing.status == 404
     assert missing.body.startswith(b"not found")
     await client.close()
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not _errors(caplog, events)
 
 
 async def test_a_get_with_a_body_is_answered(gateway: Gateway) -> None:
@@ -319,7 +337,7 @@ async def test_expect_100_continue_gets_100_before_the_body_is_sent(gateway: Gat
 
 
 async def test_garbage_gets_400_with_a_reason_and_no_error_log(
-    gateway: Gateway, caplog: pytest.LogCaptureFixture
+    gateway: Gateway, caplog: pytest.LogCaptureFixture, events: Events
 ) -> None:
     client = await RawHttp.open(gateway.port)
     client.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n")
@@ -328,11 +346,16 @@ async def test_garbage_gets_400_with_a_reason_and_no_error_log(
     assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert b"\r\n\r\nbad request: " in answer
     await client.close()
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not _errors(caplog, events)
+    (refused,) = [e for e in events if e["event"] == "http_bad_request"]
+    assert (refused["log_level"], refused["status"]) == ("info", 400)
 
 
 async def test_repeated_headers_get_400_or_4001_logged_at_info(
-    gateway_factory: MakeGateway, make_session: MakeSession, caplog: pytest.LogCaptureFixture
+    gateway_factory: MakeGateway,
+    make_session: MakeSession,
+    caplog: pytest.LogCaptureFixture,
+    events: Events,
 ) -> None:
     gateway = await gateway_factory(GATEWAY_ADMIN_TOKEN=ADMIN_TOKEN)
     client = await RawHttp.open(gateway.port)
@@ -359,7 +382,10 @@ async def test_repeated_headers_get_400_or_4001_logged_at_info(
     assert b"one 'Authorization: Bearer <token>' header" in close
     writer.close()
     await writer.wait_closed()
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not _errors(caplog, events)
+    assert [e["log_level"] for e in events if e["event"] == "http_bad_request"] == ["info"]
+    auth = [e for e in events if e["event"] == "auth_failed"]
+    assert [(e["log_level"], e["reason"]) for e in auth] == [("info", "bad_authorization_header")]
 
 
 async def test_a_kept_alive_connection_idle_for_the_handshake_timeout_is_closed(
@@ -422,3 +448,74 @@ async def test_an_idle_kept_alive_connection_does_not_hold_up_shutdown(
         await gateway.stop()
     assert await client.closed()
     await client.close()
+
+
+class _Routed(WebSocket):
+    """A connection answering from a route table with an awaitable route, as API routes
+    that wait for Redis will be."""
+
+    __slots__ = ()
+    release: asyncio.Event
+
+    def respond(self, request: HttpRequest) -> Response | Awaitable[Response] | None:
+        return ROUTER(request)
+
+
+async def _slow(request: HttpRequest) -> Response:
+    await _Routed.release.wait()
+    return text_response(HTTPStatus.OK, "slow\n")
+
+
+async def _broken(request: HttpRequest) -> Response:
+    raise RuntimeError("a bug with a secret in its message")
+
+
+async def _refusing(request: HttpRequest) -> Response:
+    single_header(request.headers, "X-Once")
+    return text_response(HTTPStatus.OK, "once\n")
+
+
+ROUTER = Router(
+    {
+        "/slow": Route(_slow),
+        "/fast": Route(lambda request: text_response(HTTPStatus.OK, "fast\n")),
+        "/broken": Route(_broken),
+        "/refusing": Route(_refusing),
+    }
+)
+
+
+async def test_awaitable_answers_keep_the_order_of_pipelined_requests(
+    caplog: pytest.LogCaptureFixture, events: Events
+) -> None:
+    _Routed.release = asyncio.Event()
+    server = WebSocketServer(_Routed, WebSocketOptions(max_size=1 << 16, max_buffer=1 << 20))
+    await server.listen("127.0.0.1", 0)
+    try:
+        client = await RawHttp.open(server.port)
+        client.send(b"GET /slow HTTP/1.1\r\n\r\nGET /fast HTTP/1.1\r\n\r\n")
+        with pytest.raises(TimeoutError):  # /fast waits behind /slow
+            async with asyncio.timeout(0.2):
+                await client.reader.readuntil(b"fast")
+        _Routed.release.set()
+        slow, fast = await client.responses(2)
+        assert (slow.body, fast.body) == (b"slow\n", b"fast\n")
+        client.send(
+            b"GET /broken HTTP/1.1\r\n\r\nGET /refusing HTTP/1.1\r\nX-Once: 1\r\nX-Once: 2\r\n\r\n"
+        )
+        broken, refused = await client.responses(2)
+        assert (broken.status, broken.body) == (500, b"internal error; see the gateway log\n")
+        assert (refused.status, refused.body) == (
+            400,
+            b"bad request: more than one X-Once header\n",
+        )
+        await client.close()
+    finally:
+        await server.close(1001, "", timeout_s=5)
+    (bug,) = _errors(caplog, events)  # the bug, once; the refusal at info
+    assert bug == {
+        "event": "http_handler_failed",
+        "log_level": "error",
+        "path": "/broken",
+        "error": "RuntimeError('a bug with a secret in its message')",
+    }
