@@ -328,6 +328,10 @@ class Limits:
     rate_per_second: float = 50.0
     rate_burst: int = 100
     rate_strikes: int = 10
+    #: largest stored session value read at login; bigger ones are refused (4001) unparsed
+    max_session_bytes: int = 16 * 1024
+    #: longest ``userId``: it is in every log line and in the channel ``user:{id}``
+    max_user_id_length: int = 128
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -482,6 +486,12 @@ def load_settings(env: Mapping[str, str]) -> GatewaySettings:
         ),
         rate_burst=_get(env, "GATEWAY_RATE_BURST", dl.rate_burst, integer(1)),
         rate_strikes=_get(env, "GATEWAY_RATE_STRIKES", dl.rate_strikes, integer(1)),
+        max_session_bytes=_get(
+            env, "GATEWAY_MAX_SESSION_BYTES", dl.max_session_bytes, integer(64, 1024 * 1024)
+        ),
+        max_user_id_length=_get(
+            env, "GATEWAY_MAX_USER_ID_LENGTH", dl.max_user_id_length, integer(1, 1024)
+        ),
     )
     public = _get(
         env, "GATEWAY_PUBLIC_CHANNELS", defaults.public_channels, lambda n, r: _parse_list(r)
