@@ -1,4 +1,5 @@
-"""structlog set-up: one JSON object per line on stdout, secrets redacted.
+"""structlog set-up: one JSON object per line on stdout (console lines on a terminal),
+secrets redacted.
 
 Configured once by :func:`configure_logging`; modules get loggers with
 ``structlog.get_logger(name)`` and bind ``conn``/``user`` per connection. Records
@@ -112,16 +113,20 @@ class _LibraryHandler(logging.Handler):
 
 
 def configure_logging(level: str = "info", fmt: str = "json", file: BinaryIO | None = None) -> None:
-    """Send structured events to stdout (or ``file``) as JSON lines, or coloured console output.
+    """Send structured events to stdout (or ``file``) as JSON lines, or console lines.
 
-    Records of the standard :mod:`logging` module go through the same processors
-    and sink; websockets' own records below WARNING are dropped, as the gateway
-    logs connections itself.
+    ``fmt`` ``auto`` is console lines when stdout is a terminal, JSON otherwise; console
+    lines are coloured only on a terminal. Records of the standard :mod:`logging` module
+    go through the same processors and sink; websockets' own records below WARNING are
+    dropped, as the gateway logs connections itself.
     """
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
+    terminal = file is None and sys.stdout.isatty()
+    if fmt == "auto":
+        fmt = "console" if terminal else "json"
     renderer: Any
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer()
+        renderer = structlog.dev.ConsoleRenderer(colors=terminal)
         logger_factory: Any = structlog.PrintLoggerFactory(sys.stdout)
     else:
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)

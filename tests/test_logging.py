@@ -344,3 +344,25 @@ def test_redaction_keeps_ordinary_urls_and_long_user_ids() -> None:
     user = "u" * 30_000
     fields = {"event": "x", "user": user, "url": "http://example.com:8080/path?q=1"}
     assert redact_secrets(None, "info", dict(fields)) == fields
+
+
+@pytest.mark.parametrize(("fmt", "json_lines"), [("auto", True), ("console", False)])
+def test_logs_into_a_pipe_have_no_colour_codes(fmt: str, json_lines: bool) -> None:
+    code = f"""
+        import structlog
+        from gateway.log import configure_logging
+
+        configure_logging("info", {fmt!r})
+        structlog.get_logger("t").warning("redis_disconnected", reason="x")
+        """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    assert b"\x1b[" not in result.stdout
+    assert b"redis_disconnected" in result.stdout
+    is_json = result.stdout.startswith(b"{")
+    assert is_json is json_lines
