@@ -389,6 +389,11 @@ class GatewaySettings:
     limits: Limits = dataclasses.field(default_factory=Limits)
     admission: Admission = dataclasses.field(default_factory=Admission)
 
+    def local_address(self, port: int | None = None) -> str:
+        """``host:port`` a client on this machine connects to (a wildcard host as loopback)."""
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return _host_port(host, self.port if port is None else port)
+
 
 def _parse_origins(name: str, raw: str) -> tuple[str, ...]:
     origins = _parse_list(raw)

@@ -123,17 +123,8 @@ def _say(line: str) -> None:
     print(f"notify-gateway: {line}", file=sys.stderr, flush=True)
 
 
-def _browsable(host: str) -> str:
-    """The host part of a URL a browser on this machine can open."""
-    if host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
-
-
-def _greet(host: str, port: int) -> None:
-    base = f"{_browsable(host)}:{port}"
+def _greet(settings: GatewaySettings, port: int) -> None:
+    base = settings.local_address(port)
     _say(f"listening on ws://{base}/ws; demo page http://{base}/ (Ctrl-C stops)")
 
 
@@ -177,7 +168,7 @@ async def _serve(settings: GatewaySettings, *, worker: bool = False) -> int:
         gateway.setup_failed.add_done_callback(lambda _: stop.set())
         await gateway.start()
         if not worker:
-            _greet(settings.host, gateway.port)
+            _greet(settings, gateway.port)
         await stop.wait()
         await gateway.stop()
     finally:
@@ -200,7 +191,7 @@ async def _supervise(settings: GatewaySettings, env: Mapping[str, str]) -> int:
         _announce_embedded(embedded, settings.redis.port)
         worker_env.pop("REDIS_URL", None)
         worker_env.update(REDIS_HOST=redis.host, REDIS_PORT=str(redis.port))
-    _greet(settings.host, port)
+    _greet(settings, port)
     try:
         return await Supervisor(settings, worker_env, port).run()
     finally:
