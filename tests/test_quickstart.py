@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.config import GatewaySettings
 from tests.support.process import ROOT
 
 TIMEOUT_S = 120.0  # make run checks the lock and the venv first
@@ -190,3 +191,10 @@ async def test_the_readme_quick_start_works_as_written() -> None:
     finally:
         for process in (client, listener, space.make):
             space.kill(process)
+
+
+def test_the_quick_start_states_the_auth_deadline_in_force() -> None:
+    section = (ROOT / "README.md").read_text().split("\n## Quick start", 1)[1]
+    seconds = re.search(r"within (\d+) seconds of connecting \(`GATEWAY_AUTH_TIMEOUT`\)", section)
+    assert seconds
+    assert float(seconds.group(1)) == GatewaySettings().auth_timeout_s
