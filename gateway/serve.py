@@ -128,6 +128,12 @@ def _greet(settings: GatewaySettings, port: int) -> None:
     _say(f"listening on ws://{base}/ws; demo page http://{base}/ (Ctrl-C stops)")
 
 
+async def _greet_when_ready(gateway: Gateway, settings: GatewaySettings) -> None:
+    """Greet once Redis has accepted the configuration: never just before an exit 2."""
+    await gateway.access_checked.wait()
+    _greet(settings, gateway.port)
+
+
 def _announce_embedded(embedded: EmbeddedRedis, wanted_port: int) -> None:
     if embedded.port == wanted_port:
         _say(
@@ -163,15 +169,18 @@ async def _serve(settings: GatewaySettings, *, worker: bool = False) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    greeter: asyncio.Task[None] | None = None
     try:
         gateway = Gateway(settings, reuse_port=worker)
         gateway.setup_failed.add_done_callback(lambda _: stop.set())
         await gateway.start()
         if not worker:
-            _greet(settings, gateway.port)
+            greeter = asyncio.create_task(_greet_when_ready(gateway, settings))
         await stop.wait()
         await gateway.stop()
     finally:
+        if greeter is not None:
+            greeter.cancel()
         if embedded is not None:
             await embedded.stop()
     if gateway.setup_failed.done():  # logged as redis_setup_failed

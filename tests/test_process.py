@@ -174,12 +174,16 @@ async def test_start_greets_with_where_it_listens(
 ) -> None:
     gateway = spawn(processes, {"REDIS_URL": redis_server.url})
     port = await asyncio.to_thread(gateway.wait_started)
+    assert gateway.process.stderr is not None
+    # Printed once Redis has accepted the configuration (the ACL check), not before.
+    greeting = await asyncio.wait_for(asyncio.to_thread(gateway.process.stderr.readline), 15)
     gateway.process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(gateway.wait) == 0
-    assert gateway.stderr().splitlines() == [
+    assert greeting.decode() == (
         f"notify-gateway: listening on ws://127.0.0.1:{port}/ws; demo page "
-        f"http://127.0.0.1:{port}/ (Ctrl-C stops)"
-    ]
+        f"http://127.0.0.1:{port}/ (Ctrl-C stops)\n"
+    )
+    assert gateway.stderr() == ""  # nothing else
 
 
 async def test_a_port_in_use_is_reported_before_redis_is_touched(

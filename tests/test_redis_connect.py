@@ -525,9 +525,7 @@ async def test_a_database_redis_does_not_have_stops_serve_with_status_2(
     assert "has no database 99" in stderr
     assert "REDIS_DB" in stderr
     assert "`databases`" in stderr
-    error = [line for line in stderr.splitlines() if "configuration error" in line]
-    assert len(error) == 1, stderr
-    assert "has no database 99" in error[0]
+    assert stderr.count("\n") == 1  # no greeting before the exit
 
 
 async def test_doctor_names_the_database_setting(redis_server: RedisServer) -> None:
