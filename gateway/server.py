@@ -113,7 +113,7 @@ class Gateway:
             settings,
             self.registry,
             self.subscriber,
-            SessionStore(self.redis, settings.session_prefix),
+            SessionStore(self.redis, settings.session_prefix, settings.limits),
             AdmissionControl(
                 self.redis, settings.admission, lease_s=max(10.0, 3 * settings.session_recheck_s)
             ),
