@@ -3,9 +3,9 @@
     .venv/bin/python -m bench.edge [--requests 20000] [--upgrades 3000] [--no-keep-alive]
 
 A gateway process pinned to its core (as in ``python -m bench``) with a private
-redis-server; this process, on the other core, is the client. Three figures, each as
-operations per second of wall time and per CPU-second of the gateway (the steadier figure
-on a shared machine):
+redis-server; this process, on the other core, is the client. Each figure is given as
+operations per second of wall time, per CPU-second of the gateway, and as the gateway's user
+and kernel CPU time per operation (the steadier figures on a shared machine):
 
 - ``GET /healthz`` over 8 kept-alive connections, one request in flight on each
   (skipped with ``--no-keep-alive``: a gateway that closes after each answer);
@@ -78,17 +78,22 @@ async def _measure(
     server: Server, name: str, total: int, work: Callable[[int, int], Awaitable[None]]
 ) -> dict[str, Any]:
     each = total // CONCURRENCY
-    cpu = server.cpu_s()
+    user, system = server.cpu_split()
     started = time.monotonic()
     await asyncio.gather(*(work(server.port, each) for _ in range(CONCURRENCY)))
     wall = time.monotonic() - started
-    cpu = server.cpu_s() - cpu
+    user, system = (
+        after - before for after, before in zip(server.cpu_split(), (user, system), strict=True)
+    )
     done = each * CONCURRENCY
     return {
         "scenario": name,
         "count": done,
         "per_s": round(done / wall),
-        "per_gateway_cpu_s": round(done / cpu) if cpu else None,
+        "per_gateway_cpu_s": round(done / (user + system)) if user + system else None,
+        # CPU time of the gateway per operation, user and kernel: the steadier figure
+        "gateway_user_us": round(user / done * 1e6, 1),
+        "gateway_sys_us": round(system / done * 1e6, 1),
     }
 
 
