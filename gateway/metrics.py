@@ -186,13 +186,12 @@ class _StateCollector:
             "Message frames written to clients (one per message per subscriber).",
             value=registry.deliveries,
         )
-        dropped = CounterMetricFamily(
+        yield _labelled(
             "notify_gateway_dropped_messages",
             "Messages from Redis dropped instead of delivered, by reason.",
-            labels=("reason",),
+            "reason",
+            registry.dropped,
         )
-        dropped.add_metric(("oversized",), registry.messages_dropped)
-        yield dropped
         yield CounterMetricFamily(
             "notify_gateway_slow_consumer_disconnects",
             "Clients closed with 4008 because their unsent bytes passed the buffer limit.",

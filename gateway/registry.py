@@ -20,11 +20,17 @@ batch holding all the frames for its channels.
 After the subscriber connection is re-established, a channel whose history
 position is known is recovered (``on_resubscribed`` reads what was missed and
 calls :meth:`Registry.finish_recovery`); any other channel gets a ``gap`` frame.
+
+A message the registry cannot deliver (oversized, a malformed history envelope, one
+that would move its channel's position backwards) is dropped, counted by reason in
+:attr:`Registry.dropped` and logged as ``message_dropped``, at most once a second per
+reason (:class:`DropLog`), so a flood of them cannot flood the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import heapq
 import time
@@ -37,7 +43,7 @@ import structlog
 from gateway.history import ENVELOPE_PREFIX, Position, open_envelope
 from gateway.protocol import gap_frame, message_frame_from, message_head
 
-__all__ = ["RedisCommands", "Registry", "Sink", "SubscriptionRefused"]
+__all__ = ["DropLog", "RedisCommands", "Registry", "Sink", "SubscriptionRefused"]
 
 log = structlog.get_logger("gateway.registry")
 
@@ -79,6 +85,27 @@ def _after(frames: Buffered, cutoff: int | None) -> list[bytes]:
     return [f for offset, f in frames if cutoff is None or offset is None or offset > cutoff]
 
 
+class DropLog:
+    """Which drops to log: the first of each reason, then at most one per ``interval_s``.
+
+    :meth:`allow` answers None for a drop to leave out of the log, else how many drops
+    of that reason were left out since the last one logged (the ``suppressed`` field).
+    """
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self._interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: collections.Counter[str] = collections.Counter()
+
+    def allow(self, reason: str, now: float) -> int | None:
+        last = self._last.get(reason)
+        if last is not None and now - last < self._interval_s:
+            self._suppressed[reason] += 1
+            return None
+        self._last[reason] = now
+        return self._suppressed.pop(reason, 0)
+
+
 class Registry:
     """Who reads which channel, and the Redis subscription state behind it."""
 
@@ -103,7 +130,10 @@ class Registry:
         self._state: dict[str, _State] = {}
         self._redis: RedisCommands | None = None
         self._gap: set[str] = set()
-        self._positions: dict[str, Position] = {}  # last history offset seen per channel
+        # Last history position seen per channel, (offset, epoch): a plain tuple, set per message.
+        self._positions: dict[str, tuple[int, str]] = {}
+        # Positions read at subscribe time, for channels no message has passed through yet.
+        self._noted: dict[str, Position] = {}
         # Frames per channel of the batch being read: one frame (the usual case of a
         # channel that got one message) or a list of them.
         self._batch: dict[str, bytes | list[bytes]] = {}
@@ -115,7 +145,9 @@ class Registry:
         self._reads: dict[Sink, int] = {}
         self._multi: set[Sink] = set()
         self.messages_received = 0
-        self.messages_dropped = 0
+        #: messages dropped instead of delivered, by reason (docs/metrics.md lists them)
+        self.dropped: collections.Counter[str] = collections.Counter()
+        self._drop_log = DropLog()
         self.deliveries = 0
 
     # -- queries -----------------------------------------------------------
@@ -126,6 +158,11 @@ class Registry:
 
     def _clients_channels(self) -> set[str]:
         return self._active.keys() | self._waiting.keys() | self._joining.keys()
+
+    @property
+    def messages_dropped(self) -> int:
+        """Messages dropped for any reason."""
+        return self.dropped.total()
 
     @property
     def channel_count(self) -> int:
@@ -210,8 +247,10 @@ class Registry:
         """A history position read at subscribe time, until messages bring newer ones.
 
         It lets a channel that has carried no message yet be recovered after a reconnect.
+        It is no reference for the order of messages: those published before the read may
+        still be on their way.
         """
-        self._positions.setdefault(channel, position)
+        self._noted.setdefault(channel, position)
 
     def leave(self, sink: Sink, channels: Iterable[str]) -> None:
         """Remove ``sink`` from ``channels``; Redis unsubscribes each one nobody reads."""
@@ -294,7 +333,8 @@ class Registry:
             self._gap.discard(channel)
             for frames in self._joining.get(channel, {}).values():
                 frames.append((None, gap_frame(channel)))  # joined before the drop
-            position = self._positions.get(channel)
+            seen = self._positions.get(channel)
+            position = Position(*seen) if seen is not None else self._noted.get(channel)
             if position is not None and self._on_resubscribed is not None:
                 self._recovering[channel] = []
                 self._on_resubscribed(channel, position)
@@ -339,6 +379,7 @@ class Registry:
         else:
             self._state.pop(channel, None)
             self._positions.pop(channel, None)
+            self._noted.pop(channel, None)
             self._names.pop(channel.encode(), None)
 
     def on_subscribe_refused(self, channels: list[str], message: str) -> None:
@@ -372,23 +413,47 @@ class Registry:
         self.messages_received += 1
         name, head = named
         if len(payload) > self._max_message_bytes:
-            self.messages_dropped += 1
-            log.warning(
-                "message_dropped",
-                reason="oversized",
-                channel=name,
-                size_bytes=len(payload),
-                limit_bytes=self._max_message_bytes,
-            )
+            if (suppressed := self._dropped("oversized")) is not None:
+                log.warning(
+                    "message_dropped",
+                    reason="oversized",
+                    channel=name,
+                    size_bytes=len(payload),
+                    limit_bytes=self._max_message_bytes,
+                    suppressed=suppressed,
+                )
             return
         offset: int | None = None
-        envelope = open_envelope(payload) if payload[:1] == _ENVELOPE_FIRST else None
-        if envelope is None:
-            frame = message_frame_from(head, payload)
+        if payload[:1] == _ENVELOPE_FIRST and payload.startswith(ENVELOPE_PREFIX):
+            envelope = open_envelope(payload)
+            if envelope is None:
+                if (suppressed := self._dropped("bad_envelope")) is not None:
+                    log.warning(
+                        "message_dropped",
+                        reason="bad_envelope",
+                        channel=name,
+                        size_bytes=len(payload),
+                        suppressed=suppressed,
+                    )
+                return
+            offset, epoch, data = envelope
+            known = self._positions.get(name)
+            if known is not None and known[1] == epoch and offset <= known[0]:
+                # Redis delivers a stream's offsets in order: this one is forged or replayed.
+                if (suppressed := self._dropped("stale_offset")) is not None:
+                    log.warning(
+                        "message_dropped",
+                        reason="stale_offset",
+                        channel=name,
+                        offset=offset,
+                        position=known[0],
+                        suppressed=suppressed,
+                    )
+                return
+            self._positions[name] = (offset, epoch)
+            frame = message_frame_from(head, data, offset, epoch)
         else:
-            offset = envelope.offset
-            self._positions[name] = Position(offset, envelope.epoch)
-            frame = message_frame_from(head, envelope.data, offset, envelope.epoch)
+            frame = message_frame_from(head, payload)
         if (self._joining or self._recovering) and self._set_aside(name, offset, frame):
             return
         batch = self._batch
@@ -402,6 +467,22 @@ class Registry:
                 queued.append(frame)
             else:
                 batch[name] = [queued, frame]
+
+    def message_failed(self, channel: bytes, error: Exception) -> None:
+        """Handling one message raised (a bug): it is dropped, the link and the batch go on."""
+        if (suppressed := self._dropped("error")) is not None:
+            log.error(
+                "message_dropped",
+                reason="error",
+                channel=channel.decode("utf-8", "replace"),
+                error=repr(error)[:200],
+                suppressed=suppressed,
+            )
+
+    def _dropped(self, reason: str) -> int | None:
+        """Count a drop; None to leave it out of the log, else the drops left out before it."""
+        self.dropped[reason] += 1
+        return self._drop_log.allow(reason, time.monotonic())
 
     def _set_aside(self, name: str, offset: int | None, frame: bytes) -> bool:
         """Buffer a frame for joining readers; True when the channel is recovering (not live)."""

@@ -47,6 +47,7 @@ def status_report(
             "received": registry.messages_received,
             "delivered": registry.deliveries,
             "dropped": registry.messages_dropped,
+            "dropped_by_reason": dict(sorted(registry.dropped.items())),
         },
         "top_channels": [
             {"channel": channel, "subscribers": count}

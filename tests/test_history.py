@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 from websockets.asyncio.client import ClientConnection
 
+from gateway.history import PUBLISH_SCRIPT, HistoryKeys
 from gateway.server import Gateway
 from tests.conftest import MakeGateway, MakeSession, ws_url
-from tests.support.history import publish_with_history
+from tests.support.history import PREFIX, publish_with_history
 from tests.support.ws import connect_authed, recv_json, request
 
 
@@ -171,3 +174,33 @@ async def test_quiet_history_channel_is_recovered_after_a_subscriber_reconnect(
         await publish_with_history(redis, "public:h8", "2")  # may fall into the outage
         frame = await recv_json(ws)
         assert (frame["type"], frame.get("offset")) == ("message", 2)  # replayed, not a gap
+
+
+async def test_a_forged_envelope_cannot_rewind_a_channel_or_replay_it_twice(
+    gateway: Gateway, make_session: MakeSession, redis: Redis
+) -> None:
+    """A plain PUBLISH of an envelope with a known epoch and an old offset (issue 13)."""
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("9"))
+    async with ws:
+        await subscribe(ws, "public:h9")
+        for n in range(1, 6):
+            _, _, epoch = await publish_with_history(redis, "public:h9", str(n))
+            assert (await recv_json(ws))["offset"] == n
+        for forged in (1, 5):  # behind the position, and at it (a duplicate)
+            envelope = b'\x00ngh1 %d %s {"forged":true}' % (forged, epoch.encode())
+            await redis.publish("public:h9", envelope)
+        await redis.client_kill_filter(_type="pubsub")
+        await publish_with_history(redis, "public:h9", "6")  # may fall into the outage
+        frame = await recv_json(ws)
+        assert (frame["offset"], frame["data"]) == (6, 6)  # recovered from 5, not from 1
+        assert await request(ws, {"type": "ping"}) == {"type": "pong"}  # no 2-5 again
+    assert gateway.registry.dropped["stale_offset"] == 2
+
+
+async def test_the_history_script_refuses_an_epoch_gateways_would_drop(redis: Redis) -> None:
+    keys = HistoryKeys.for_channel(PREFIX, "public:h10")
+    with pytest.raises(ResponseError, match="epoch must be 1 to 32 lowercase hex digits"):
+        await redis.eval(
+            PUBLISH_SCRIPT, 2, keys.meta, keys.stream, "public:h10", "1", 10, 60, 'ab"},"x'
+        )
+    assert await redis.exists(keys.meta, keys.stream) == 0

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from gateway.history import Position
-from gateway.registry import Registry, SubscriptionRefused
+from gateway.registry import DropLog, Registry, SubscriptionRefused
 
 
 class RecordingSink:
@@ -209,15 +209,15 @@ async def test_history_channels_are_recovered_instead_of_gapped() -> None:
     registry, _ = setup(on_resubscribed=lambda c, p: started.append((c, p)))
     a = RecordingSink()
     await live(registry, a, "h")
-    registry.on_message(b"h", b"\x00ngh1 7 ep 7")
+    registry.on_message(b"h", b"\x00ngh1 7 e0 7")
     registry.flush()
     a.writes.clear()
     registry.on_disconnected()
     registry.on_connected(RecordingRedis())
     registry.on_subscribed("h")
-    assert started == [("h", Position(7, "ep"))]
-    registry.on_message(b"h", b"\x00ngh1 9 ep 9")  # live, while the replay is read
-    registry.on_message(b"h", b"\x00ngh1 10 ep 10")
+    assert started == [("h", Position(7, "e0"))]
+    registry.on_message(b"h", b"\x00ngh1 9 e0 9")  # live, while the replay is read
+    registry.on_message(b"h", b"\x00ngh1 10 e0 10")
     registry.flush()
     assert a.writes == []
     replay = [b"\x81\x018", b"\x81\x019"]  # frames of offsets 8 and 9, as the reader builds
@@ -225,7 +225,7 @@ async def test_history_channels_are_recovered_instead_of_gapped() -> None:
     assert a.frames() == [
         8,
         9,
-        {"type": "message", "channel": "h", "data": 10, "offset": 10, "epoch": "ep"},
+        {"type": "message", "channel": "h", "data": 10, "offset": 10, "epoch": "e0"},
     ]
 
 
@@ -233,13 +233,13 @@ async def test_unrecoverable_history_falls_back_to_a_gap() -> None:
     registry, _ = setup(on_resubscribed=lambda c, p: None)
     a = RecordingSink()
     await live(registry, a, "h")
-    registry.on_message(b"h", b"\x00ngh1 1 ep 1")
+    registry.on_message(b"h", b"\x00ngh1 1 e0 1")
     registry.flush()
     a.writes.clear()
     registry.on_disconnected()
     registry.on_connected(RecordingRedis())
     registry.on_subscribed("h")
-    registry.on_message(b"h", b"\x00ngh1 5 ep 5")
+    registry.on_message(b"h", b"\x00ngh1 5 e0 5")
     registry.finish_recovery("h", None, cutoff=1)
     assert [f["type"] for f in a.frames()] == ["gap", "message"]
 
@@ -283,3 +283,26 @@ async def test_scrape_time_counts_and_top_channels() -> None:
     # The internal channel has no subscribers: it is not listed.
     assert registry.top_channels(10) == [("busy", 3), ("pending", 1), ("quiet", 1)]
     pending.cancel()
+
+
+async def test_a_history_position_moves_forward_only_within_its_epoch() -> None:
+    registry, _ = setup()
+    a = RecordingSink()
+    await live(registry, a, "h")
+    for offset in (5, 5, 2, 6):
+        registry.on_message(b"h", b"\x00ngh1 %d e0 %d" % (offset, offset))
+    registry.on_message(b"h", b"\x00ngh1 1 e1 1")  # a new epoch: the stream was recreated
+    registry.flush()
+    assert [(f["offset"], f["epoch"]) for f in a.frames()] == [(5, "e0"), (6, "e0"), (1, "e1")]
+    assert registry.dropped == {"stale_offset": 2}
+    assert registry.messages_dropped == 2
+
+
+def test_drop_log_lets_one_line_a_second_through_per_reason_and_counts_the_rest() -> None:
+    drops = DropLog(interval_s=1.0)
+    assert drops.allow("bad_envelope", now=10.0) == 0
+    assert drops.allow("bad_envelope", now=10.5) is None
+    assert drops.allow("oversized", now=10.6) == 0  # each reason has its own budget
+    assert drops.allow("bad_envelope", now=10.9) is None
+    assert drops.allow("bad_envelope", now=11.0) == 2  # two left out since the last line
+    assert drops.allow("bad_envelope", now=11.1) is None
