@@ -170,6 +170,11 @@ class _StateCollector:
             "1 while the Redis pub/sub connection is up, else 0.",
             value=1 if subscriber.ready else 0,
         )
+        yield GaugeMetricFamily(
+            "notify_gateway_control_channel_refused",
+            "1 while Redis refuses to subscribe the control channel (retried; /readyz is 503).",
+            value=1 if registry.refused_internal else 0,
+        )
         if subscriber.ready and subscriber.ping_latency_s is not None:
             yield GaugeMetricFamily(
                 "notify_gateway_redis_ping_seconds",

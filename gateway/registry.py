@@ -42,6 +42,7 @@ import structlog
 
 from gateway.history import ENVELOPE_PREFIX, Position, open_envelope
 from gateway.protocol import gap_frame, message_frame_from, message_head
+from gateway.subscriber import Backoff
 
 __all__ = ["DropLog", "RedisCommands", "Registry", "Sink", "SubscriptionRefused"]
 
@@ -128,6 +129,10 @@ class Registry:
         self._joining: dict[str, dict[Sink, Buffered]] = {}  # confirmed, not activated
         self._recovering: dict[str, Buffered] = {}  # whole channel, after a reconnect
         self._state: dict[str, _State] = {}
+        #: internal channels Redis refused, with its answer; each is retried after a backoff
+        self.refused_internal: dict[str, str] = {}
+        self._internal_backoff: dict[str, Backoff] = {}
+        self._retries: dict[str, asyncio.TimerHandle] = {}
         self._redis: RedisCommands | None = None
         self._gap: set[str] = set()
         # Last history position seen per channel, (offset, epoch): a plain tuple, set per message.
@@ -297,6 +302,9 @@ class Registry:
     def on_disconnected(self) -> None:
         """The subscriber connection is gone: every channel read may miss messages."""
         self._redis = None
+        for retry in self._retries.values():  # the next connection subscribes them anyway
+            retry.cancel()
+        self._retries.clear()
         self._batch.clear()
         self._recovering.clear()
         self._gap.update(self._active.keys() | self._joining.keys())
@@ -328,6 +336,9 @@ class Registry:
             return
         self._state[channel] = _State.SUBSCRIBED
         if channel.encode() in self._internal:
+            if self.refused_internal.pop(channel, None) is not None:
+                self._internal_backoff.pop(channel, None)
+                log.info("internal_channel_subscribed", channel=channel)
             return
         if channel in self._gap:
             self._gap.discard(channel)
@@ -383,10 +394,28 @@ class Registry:
             self._names.pop(channel.encode(), None)
 
     def on_subscribe_refused(self, channels: list[str], message: str) -> None:
-        """Redis answered SUBSCRIBE with an error (an ACL without the channel, say)."""
+        """Redis answered SUBSCRIBE with an error (an ACL without the channel, say).
+
+        Redis refuses a whole command when one of its channels is denied (NOPERM), so a
+        refused command of several channels is sent again one channel at a time: only
+        the denied ones end up refused. An internal channel is never given up: it is
+        subscribed again after a backoff, and :attr:`refused_internal` says so meanwhile.
+        """
+        if len(channels) > 1:
+            for channel in channels:
+                if not self._wanted(channel):
+                    self._state.pop(channel, None)
+                elif self._state.get(channel) is _State.SUBSCRIBING and self._redis is not None:
+                    self._redis.subscribe([channel])
+            return
         for channel in channels:
             self._state.pop(channel, None)
+            if channel.encode() in self._internal:
+                self._internal_refused(channel, message)
+                continue
             self._gap.discard(channel)
+            self._positions.pop(channel, None)
+            self._noted.pop(channel, None)
             for future in self._waiting.pop(channel, {}).values():
                 if not future.done():
                     future.set_exception(SubscriptionRefused(message))
@@ -395,6 +424,23 @@ class Registry:
                 self._count(sink, -1)
             for sink in active | set(self._joining.pop(channel, {})):
                 sink.subscription_refused(channel, message)
+
+    def _internal_refused(self, channel: str, message: str) -> None:
+        self.refused_internal[channel] = message
+        delay = self._internal_backoff.setdefault(channel, Backoff(base_s=0.5)).next_delay()
+        log.error(
+            "internal_channel_refused",
+            channel=channel,
+            error=message[:200],
+            retry_in_s=round(delay, 3),
+        )
+        loop = asyncio.get_running_loop()
+        self._retries[channel] = loop.call_later(delay, self._retry_internal, channel)
+
+    def _retry_internal(self, channel: str) -> None:
+        self._retries.pop(channel, None)
+        if channel not in self._state and self._redis is not None:
+            self._request(channel)
 
     def on_message(self, channel: bytes, payload: bytes) -> None:
         """Frame one message into the current batch; sent by :meth:`flush`.

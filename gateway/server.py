@@ -37,7 +37,7 @@ from gateway.protocol import CloseCode
 from gateway.recovery import HistoryReader, Recoverer
 from gateway.redis_client import AnyRedis, async_cluster, async_redis, raise_if_cancelled
 from gateway.registry import Registry
-from gateway.status import status_report
+from gateway.status import readiness, status_report
 from gateway.subscriber import Backoff, Subscriber
 from gateway.websocket import WebSocketOptions, WebSocketServer
 
@@ -130,11 +130,8 @@ class Gateway:
             return text_response(HTTPStatus.OK, "ok\n")
 
         def readyz(_request: Request) -> Response:
-            if self.subscriber.ready:
-                return text_response(HTTPStatus.OK, "ready\n")
-            return text_response(
-                HTTPStatus.SERVICE_UNAVAILABLE, "Redis subscriber connection is down\n"
-            )
+            ready, why = readiness(self.subscriber.ready, self.registry.refused_internal)
+            return text_response(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, why)
 
         def metrics(_request: Request) -> Response:
             return bytes_response(HTTPStatus.OK, self.metrics.exposition(), CONTENT_TYPE)

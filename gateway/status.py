@@ -1,8 +1,9 @@
-"""The ``GET /status`` report: what one gateway is doing, as JSON for humans and scripts."""
+"""The ``GET /status`` report and the ``GET /readyz`` verdict of one gateway."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from gateway import __version__
@@ -11,7 +12,7 @@ from gateway.connection import ConnectionHandler
 from gateway.metrics import RedisLink
 from gateway.registry import Registry
 
-__all__ = ["TOP_CHANNELS", "status_report"]
+__all__ = ["TOP_CHANNELS", "readiness", "status_report"]
 
 #: how many channels the report lists (the busiest); bounds its size and cost
 TOP_CHANNELS = 10
@@ -38,6 +39,7 @@ def status_report(
             "url": settings.redis.url(),  # password masked
             "ping_ms": None if latency is None else round(latency * 1000, 3),
             "reconnects": subscriber.reconnects,
+            "refused_internal_channels": dict(registry.refused_internal),
         },
         "sockets": handler.sockets,
         "connections": handler.connections,
@@ -65,3 +67,16 @@ def status_report(
             "heartbeat_s": settings.heartbeat_s,
         },
     }
+
+
+def readiness(link_up: bool, refused_internal: Mapping[str, str]) -> tuple[bool, str]:
+    """Whether the gateway should take traffic (``/readyz``), and the body saying why."""
+    if not link_up:
+        return False, "Redis subscriber connection is down\n"
+    if refused_internal:
+        names = ", ".join(sorted(refused_internal))
+        return False, (
+            f"Redis refuses to subscribe {names} (retried): revocations do not reach this "
+            "gateway; allow the channel to the gateway's ACL user (docs/redis.md)\n"
+        )
+    return True, "ready\n"

@@ -306,3 +306,34 @@ def test_drop_log_lets_one_line_a_second_through_per_reason_and_counts_the_rest(
     assert drops.allow("bad_envelope", now=10.9) is None
     assert drops.allow("bad_envelope", now=11.0) == 2  # two left out since the last line
     assert drops.allow("bad_envelope", now=11.1) is None
+
+
+async def test_a_refused_subscribe_of_several_channels_is_asked_again_one_by_one() -> None:
+    registry, _ = setup(internal={"control": lambda _payload: None})
+    a, b = RecordingSink(), RecordingSink()
+    await live(registry, a, "allowed")
+    await live(registry, b, "denied")
+    registry.on_disconnected()
+    fresh = RecordingRedis()
+    registry.on_connected(fresh)
+    assert fresh.commands == [("SUBSCRIBE", ["allowed", "control", "denied"])]
+    registry.on_subscribe_refused(["allowed", "control", "denied"], "NOPERM one of the channels")
+    assert fresh.commands[1:] == [("SUBSCRIBE", [c]) for c in ("allowed", "control", "denied")]
+    assert (a.refused, b.refused) == ([], [])  # nobody is told anything yet
+    registry.on_subscribed("allowed")
+    registry.on_subscribed("control")
+    registry.on_subscribe_refused(["denied"], "NOPERM denied")
+    assert (a.refused, b.refused) == ([], ["denied"])
+    assert registry.refused_internal == {}
+    assert registry.redis_channel_count == 2
+
+
+async def test_a_refused_internal_channel_is_kept_and_reported_until_subscribed() -> None:
+    registry, redis = setup(internal={"control": lambda _payload: None})
+    registry.on_subscribe_refused(["control"], "NOPERM control")
+    assert registry.refused_internal == {"control": "NOPERM control"}
+    assert "control" in registry.internal_channels
+    registry.on_subscribed("control")  # the retry (after a backoff) went through
+    assert registry.refused_internal == {}
+    assert registry.redis_channel_count == 1
+    assert redis.commands == [("SUBSCRIBE", ["control"])]
