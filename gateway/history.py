@@ -71,12 +71,28 @@ local envelope = '\\0ngh1 ' .. offset .. ' ' .. epoch .. ' ' .. ARGV[2]
 return {redis.call(ARGV[6] or 'PUBLISH', ARGV[1], envelope), offset, epoch}
 """
 
-# KEYS: meta, stream. ARGV: first stream id wanted ('' for none), most entries.
+# KEYS: meta, stream. ARGV: first stream id wanted ('' for none), most entries, most bytes of
+# data. Answers {meta, entries, over}: the entries are read in pages of 16 and given up as soon
+# as their data passes the byte limit (over = 1, no entries), so neither Redis nor the gateway
+# holds more than the limit and a page for one replay, however big the stream's messages are.
 # One script rather than MULTI: it runs the same on a single Redis and on a cluster.
 READ_SCRIPT = """
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
-if ARGV[1] == '' then return {meta, {}} end
-return {meta, redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])}
+if ARGV[1] == '' then return {meta, {}, 0} end
+local want, budget = tonumber(ARGV[2]), tonumber(ARGV[3])
+local entries, size, from = {}, 0, ARGV[1]
+while #entries < want do
+  local count = math.min(16, want - #entries)
+  local page = redis.call('XRANGE', KEYS[2], from, '+', 'COUNT', count)
+  for _, entry in ipairs(page) do
+    size = size + #entry[2][2]
+    if size > budget then return {meta, {}, 1} end
+    entries[#entries + 1] = entry
+  end
+  if #page < count then break end
+  from = '(' .. page[#page][1]
+end
+return {meta, entries, 0}
 """
 
 

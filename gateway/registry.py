@@ -8,9 +8,11 @@ which never block.
 
 Joining a channel has two steps so that nothing is lost or doubled between a
 subscription and a history read: :meth:`Registry.join` resolves once Redis has
-confirmed; from then on the channel's frames are buffered for the sink until
+confirmed; from then on the channel's frames are held for the sink until
 :meth:`Registry.activate` hands them over (minus those at or below a history
-offset the caller has already replayed) and makes the sink a live reader.
+offset the caller has already replayed) and makes the sink a live reader. What is
+held counts against the client's buffer limit: past it the sink overflows (4008),
+as a client that far behind on live traffic would.
 
 Fan-out works per batch: the Redis subscriber hands over every message that one
 read from the socket produced (:meth:`Registry.on_message`), then calls
@@ -19,7 +21,8 @@ batch holding all the frames for its channels.
 
 After the subscriber connection is re-established, a channel whose history
 position is known is recovered (``on_resubscribed`` reads what was missed and
-calls :meth:`Registry.finish_recovery`); any other channel gets a ``gap`` frame.
+calls :meth:`Registry.finish_recovery`); any other channel gets a ``gap`` frame, and
+so does a recovering channel whose live frames held meanwhile pass the buffer limit.
 
 A message the registry cannot deliver (oversized, a malformed history envelope, one
 that would move its channel's position backwards) is dropped, counted by reason in
@@ -67,6 +70,9 @@ class Sink(Protocol):
     def subscription_refused(self, channel: str, message: str) -> None:
         """Redis refused a channel the client was reading (after a reconnect)."""
 
+    def overflow(self, buffered: int) -> None:
+        """More than the buffer limit is waiting for the client: it is closed (4008)."""
+
 
 class RedisCommands(Protocol):
     """The subscriber connection, as far as the registry drives it."""
@@ -84,6 +90,22 @@ class _State(enum.Enum):
 
 def _after(frames: Buffered, cutoff: int | None) -> list[bytes]:
     return [f for offset, f in frames if cutoff is None or offset is None or offset > cutoff]
+
+
+class _Held:
+    """Frames held back for readers that are not live yet, and their size in bytes."""
+
+    __slots__ = ("frames", "size")
+
+    def __init__(self) -> None:
+        self.frames: Buffered = []
+        self.size = 0
+
+    def add(self, offset: int | None, frame: bytes) -> int:
+        """Hold one more frame; return the size now held."""
+        self.frames.append((offset, frame))
+        self.size += len(frame)
+        return self.size
 
 
 class DropLog:
@@ -115,19 +137,22 @@ class Registry:
         internal: dict[str, Callable[[bytes], None]] | None = None,
         *,
         max_message_bytes: int = 1024 * 1024,
+        max_held_bytes: int = 1024 * 1024,
         on_resubscribed: Callable[[str, Position], None] | None = None,
         observe_fanout: Callable[[float], None] | None = None,
     ) -> None:
         # Gateway-to-gateway channels, always subscribed, handled here, never fanned out.
         self._internal = {name.encode(): handler for name, handler in (internal or {}).items()}
         self._max_message_bytes = max_message_bytes
+        # Frames held per joining sink or recovering channel: the client buffer limit.
+        self._max_held_bytes = max_held_bytes
         self._on_resubscribed = on_resubscribed
         # Called once per batch with the seconds from its first message to its last write.
         self._observe_fanout = observe_fanout
         self._active: dict[str, set[Sink]] = {}  # live readers
         self._waiting: dict[str, dict[Sink, asyncio.Future[None]]] = {}  # Redis not confirmed
-        self._joining: dict[str, dict[Sink, Buffered]] = {}  # confirmed, not activated
-        self._recovering: dict[str, Buffered] = {}  # whole channel, after a reconnect
+        self._joining: dict[str, dict[Sink, _Held]] = {}  # confirmed, not activated
+        self._recovering: dict[str, _Held] = {}  # whole channel, after a reconnect
         self._state: dict[str, _State] = {}
         #: internal channels Redis refused, with its answer; each is retried after a backoff
         self.refused_internal: dict[str, str] = {}
@@ -212,7 +237,7 @@ class Registry:
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._state.get(channel) is _State.SUBSCRIBED:
-            self._joining.setdefault(channel, {})[sink] = []
+            self._joining.setdefault(channel, {})[sink] = _Held()
             future.set_result(None)
             return future
         self._waiting.setdefault(channel, {})[sink] = future
@@ -225,16 +250,16 @@ class Registry:
 
         Frames of history messages at or below ``cutoff`` (already replayed) are left out.
         """
-        frames = self._joining.get(channel, {}).pop(sink, None)
+        held = self._joining.get(channel, {}).pop(sink, None)
         if not self._joining.get(channel, True):
             del self._joining[channel]
-        if frames is None:
-            return b""  # left, or refused, in the meantime
+        if held is None:
+            return b""  # left, refused or overflowed in the meantime
         readers = self._active.setdefault(channel, set())
         if sink not in readers:
             readers.add(sink)
             self._count(sink, 1)
-        return b"".join(_after(frames, cutoff))
+        return b"".join(_after(held.frames, cutoff))
 
     def _count(self, sink: Sink, change: int) -> None:
         """Keep :attr:`_reads` and :attr:`_multi` in step with the live reader sets."""
@@ -342,18 +367,18 @@ class Registry:
             return
         if channel in self._gap:
             self._gap.discard(channel)
-            for frames in self._joining.get(channel, {}).values():
-                frames.append((None, gap_frame(channel)))  # joined before the drop
+            for held in self._joining.get(channel, {}).values():
+                held.add(None, gap_frame(channel))  # joined before the drop
             seen = self._positions.get(channel)
             position = Position(*seen) if seen is not None else self._noted.get(channel)
             if position is not None and self._on_resubscribed is not None:
-                self._recovering[channel] = []
+                self._recovering[channel] = _Held()
                 self._on_resubscribed(channel, position)
             else:
                 self._send_gap(channel)
         joining = self._joining.setdefault(channel, {})
         for sink, future in self._waiting.pop(channel, {}).items():
-            joining[sink] = []
+            joining[sink] = _Held()
             if not future.done():
                 future.set_result(None)
 
@@ -362,24 +387,26 @@ class Registry:
         for sink in self._active.get(channel, ()):
             sink.send(frame)
 
-    def finish_recovery(self, channel: str, replay: Sequence[bytes] | None, cutoff: int) -> None:
+    def finish_recovery(self, channel: str, replay: Sequence[bytes] | None, cutoff: int) -> bool:
         """Deliver what a re-subscribed channel missed, then what arrived meanwhile.
 
         ``replay`` holds the missed frames up to offset ``cutoff``; None means they could
-        not be recovered, and the readers get a ``gap`` frame instead.
+        not be recovered, and the readers get a ``gap`` frame instead. False when the
+        recovery was over already (the connection dropped again, or a gap was sent).
         """
-        buffered = self._recovering.pop(channel, None)
-        if buffered is None:
-            return  # the connection dropped again; a new recovery follows
+        held = self._recovering.pop(channel, None)
+        if held is None:
+            return False
         if replay is None:
             self._send_gap(channel)
-            chunk = b"".join(frame for _, frame in buffered)
+            chunk = b"".join(frame for _, frame in held.frames)
         else:
-            chunk = b"".join([*replay, *_after(buffered, cutoff)])
+            chunk = b"".join([*replay, *_after(held.frames, cutoff)])
         readers = self._active.get(channel, ())
         if chunk:
             for sink in readers:
                 sink.send(chunk)
+        return True
 
     def on_unsubscribed(self, channel: str) -> None:
         if self._wanted(channel):
@@ -531,16 +558,23 @@ class Registry:
         return self._drop_log.allow(reason, time.monotonic())
 
     def _set_aside(self, name: str, offset: int | None, frame: bytes) -> bool:
-        """Buffer a frame for joining readers; True when the channel is recovering (not live)."""
+        """Hold a frame for joining readers; True when the channel is recovering (not live)."""
+        limit = self._max_held_bytes
         joining = self._joining.get(name)
         if joining:
-            for frames in joining.values():
-                frames.append((offset, frame))
+            for sink in [s for s, held in joining.items() if held.add(offset, frame) > limit]:
+                size = joining.pop(sink).size
+                sink.overflow(size)  # as if the frames had been written: 4008
+            if not joining:
+                del self._joining[name]
         recovering = self._recovering.get(name)
-        if recovering is not None:
-            recovering.append((offset, frame))
-            return True
-        return False
+        if recovering is None:
+            return False
+        if recovering.add(offset, frame) > limit:
+            # The replay would come too late to be of use: a gap now, live from here on.
+            log.info("channel_gap", channel=name, reason="held_bytes")
+            self.finish_recovery(name, None, 0)
+        return True
 
     def flush(self) -> None:
         """Write the batch: one write per sink, however many frames it holds."""

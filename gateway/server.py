@@ -64,6 +64,7 @@ class Gateway:
         self.registry = Registry(
             {CONTROL_CHANNEL: self._on_control},
             max_message_bytes=settings.limits.max_message_bytes,
+            max_held_bytes=settings.limits.max_buffer_bytes,
             on_resubscribed=self._on_resubscribed,
             observe_fanout=self.metrics.fanout_seconds.observe,
         )
@@ -86,7 +87,9 @@ class Gateway:
                 ping_interval_s=settings.redis_ping_s,
                 ping_timeout_s=settings.redis_ping_timeout_s,
             )
-        self.history = HistoryReader(self.redis, settings.history_prefix, settings.max_replay)
+        self.history = HistoryReader(
+            self.redis, settings.history_prefix, settings.max_replay, settings.max_replay_bytes
+        )
         self.recoverer = Recoverer(self.history, self.registry.finish_recovery)
         self.handler = ConnectionHandler(
             settings,

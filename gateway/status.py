@@ -62,6 +62,7 @@ def status_report(
             "max_attempts_per_user": admission.max_attempts_per_user,
             "max_attempts_per_ip": admission.max_attempts_per_ip,
             "max_replay": settings.max_replay,
+            "max_replay_bytes": settings.max_replay_bytes,
             "auth_timeout_s": settings.auth_timeout_s,
             "handshake_timeout_s": settings.handshake_timeout_s,
             "heartbeat_s": settings.heartbeat_s,

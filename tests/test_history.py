@@ -204,3 +204,21 @@ async def test_the_history_script_refuses_an_epoch_gateways_would_drop(redis: Re
             PUBLISH_SCRIPT, 2, keys.meta, keys.stream, "public:h10", "1", 10, 60, 'ab"},"x'
         )
     assert await redis.exists(keys.meta, keys.stream) == 0
+
+
+async def test_a_replay_larger_than_the_replay_byte_limit_is_not_recovered(
+    gateway_factory: MakeGateway, make_session: MakeSession, redis: Redis
+) -> None:
+    """Issue 13: 1000 x 100 KB and since offset 0 took 200 MB of gateway memory for one request."""
+    gateway = await gateway_factory(GATEWAY_MAX_REPLAY_BYTES="400000")
+    for _ in range(10):
+        _, _, epoch = await publish_with_history(redis, "public:h11", b'"%s"' % (b"x" * 99_000))
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("11"))
+    async with ws:
+        whole = await subscribe(ws, "public:h11", offset=0, epoch=epoch)  # ~1 MB missed
+        assert (whole["recovered"], whole["offset"]) == (False, 10)
+        assert await request(ws, {"type": "ping"}) == {"type": "pong"}  # no replay follows
+        await request(ws, {"type": "unsubscribe", "channel": "public:h11"})
+        tail = await subscribe(ws, "public:h11", offset=7, epoch=epoch)  # ~300 KB: fits
+        assert (tail["recovered"], tail["offset"]) == (True, 10)
+        assert [(await recv_json(ws))["offset"] for _ in range(3)] == [8, 9, 10]

@@ -19,12 +19,16 @@ class RecordingSink:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
         self.refused: list[str] = []
+        self.overflowed: list[int] = []
 
     def send(self, data: bytes) -> None:
         self.writes.append(data)
 
     def subscription_refused(self, channel: str, message: str) -> None:
         self.refused.append(channel)
+
+    def overflow(self, buffered: int) -> None:
+        self.overflowed.append(buffered)
 
     def frames(self) -> list[dict[str, object]]:
         return frames_of(b"".join(self.writes))
@@ -337,3 +341,48 @@ async def test_a_refused_internal_channel_is_kept_and_reported_until_subscribed(
     assert registry.refused_internal == {}
     assert registry.redis_channel_count == 1
     assert redis.commands == [("SUBSCRIBE", ["control"])]
+
+
+async def test_frames_held_for_a_joining_reader_count_against_its_buffer_limit() -> None:
+    registry, _ = setup(max_held_bytes=1000)
+    slow, quick = RecordingSink(), RecordingSink()
+    for sink in (slow, quick):
+        joined = registry.join(sink, "news")
+        registry.on_subscribed("news")
+        await joined
+    registry.on_message(b"news", b'"%s"' % (b"x" * 600))
+    registry.flush()
+    assert registry.activate(quick, "news") != b""  # quick went live after one frame
+    registry.on_message(b"news", b'"%s"' % (b"y" * 600))  # slow now holds over 1000 bytes
+    registry.flush()
+    (held,) = slow.overflowed  # closed with 4008, as a client this far behind
+    assert held > 1000
+    assert registry.activate(slow, "news") == b""  # nothing held any more
+    assert [len(f["data"]) for f in quick.frames()] == [600]  # the live one
+    assert quick.overflowed == []
+
+
+async def test_a_recovery_whose_held_frames_pass_the_limit_turns_into_a_gap_at_once() -> None:
+    finished: list[bool] = []
+    registry, _ = setup(on_resubscribed=lambda c, p: None, max_held_bytes=1000)
+    a = RecordingSink()
+    await live(registry, a, "h")
+    registry.on_message(b"h", b"\x00ngh1 1 e0 1")
+    registry.flush()
+    a.writes.clear()
+    registry.on_disconnected()
+    registry.on_connected(RecordingRedis())
+    registry.on_subscribed("h")  # recovery starts: live frames are held meanwhile
+    for offset in (2, 3):
+        registry.on_message(b"h", b'\x00ngh1 %d e0 "%s"' % (offset, b"z" * 600))
+    registry.flush()
+    assert [(f["type"], f.get("offset")) for f in a.frames()] == [
+        ("gap", None),
+        ("message", 2),
+        ("message", 3),
+    ]
+    finished.append(registry.finish_recovery("h", [b"late replay"], cutoff=3))
+    assert finished == [False]  # the replay read too late is not delivered
+    registry.on_message(b"h", b"\x00ngh1 4 e0 4")
+    registry.flush()
+    assert a.frames()[-1]["offset"] == 4  # live again
