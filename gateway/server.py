@@ -91,19 +91,20 @@ class Gateway:
             self.redis, settings.history_prefix, settings.max_replay, settings.max_replay_bytes
         )
         self.recoverer = Recoverer(self.history, self.registry.finish_recovery)
+        self.admission = AdmissionControl(
+            self.redis, settings.admission, lease_s=max(10.0, 3 * settings.session_recheck_s)
+        )
         self.handler = ConnectionHandler(
             settings,
             self.registry,
             self.subscriber,
             SessionStore(self.redis, settings.session_prefix),
-            AdmissionControl(
-                self.redis, settings.admission, lease_s=max(10.0, 3 * settings.session_recheck_s)
-            ),
+            self.admission,
             self.history,
             respond=route_requests(self._routes()),
             on_closed=self.metrics.connection_closed,
         )
-        self.metrics.track(self.registry, self.handler, self.subscriber)
+        self.metrics.track(self.registry, self.handler, self.subscriber, self.admission)
         self._server: WebSocketServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
@@ -133,7 +134,11 @@ class Gateway:
             return text_response(HTTPStatus.OK, "ok\n")
 
         def readyz(_request: Request) -> Response:
-            ready, why = readiness(self.subscriber.ready, self.registry.refused_internal)
+            ready, why = readiness(
+                self.subscriber.ready,
+                self.registry.refused_internal,
+                self.admission.degraded is not None,
+            )
             return text_response(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, why)
 
         def metrics(_request: Request) -> Response:
@@ -145,6 +150,7 @@ class Gateway:
                 self.registry,
                 self.handler,
                 self.subscriber,
+                self.admission,
                 started_at=self._started_at.isoformat(timespec="seconds"),
                 uptime_s=time.monotonic() - self._started,
             )

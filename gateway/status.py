@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway import __version__
+from gateway.admission import OOM_FIX, AdmissionControl
 from gateway.config import GatewaySettings
 from gateway.connection import ConnectionHandler
 from gateway.metrics import RedisLink
@@ -23,6 +24,7 @@ def status_report(
     registry: Registry,
     handler: ConnectionHandler,
     subscriber: RedisLink,
+    counters: AdmissionControl,
     *,
     started_at: str,
     uptime_s: float,
@@ -40,6 +42,11 @@ def status_report(
             "ping_ms": None if latency is None else round(latency * 1000, 3),
             "reconnects": subscriber.reconnects,
             "refused_internal_channels": dict(registry.refused_internal),
+        },
+        "admission": {
+            "degraded": counters.degraded is not None,
+            "error": counters.degraded,
+            "uncounted_admissions": counters.uncounted_admissions,
         },
         "sockets": handler.sockets,
         "connections": handler.connections,
@@ -70,8 +77,15 @@ def status_report(
     }
 
 
-def readiness(link_up: bool, refused_internal: Mapping[str, str]) -> tuple[bool, str]:
-    """Whether the gateway should take traffic (``/readyz``), and the body saying why."""
+def readiness(
+    link_up: bool, refused_internal: Mapping[str, str], admission_degraded: bool
+) -> tuple[bool, str]:
+    """Whether the gateway should take traffic (``/readyz``), and the body saying why.
+
+    Degraded admission stays ready: every instance shares the Redis that is full, so
+    taking them out of the load balancer would refuse every client, where degraded
+    admission still serves them (docs/redis.md).
+    """
     if not link_up:
         return False, "Redis subscriber connection is down\n"
     if refused_internal:
@@ -79,5 +93,10 @@ def readiness(link_up: bool, refused_internal: Mapping[str, str]) -> tuple[bool,
         return False, (
             f"Redis refuses to subscribe {names} (retried): revocations do not reach this "
             "gateway; allow the channel to the gateway's ACL user (docs/redis.md)\n"
+        )
+    if admission_degraded:
+        return True, (
+            "ready, degraded: Redis answers OOM to the admission counters, logins are admitted "
+            f"without per-user and per-address limits. {OOM_FIX}\n"
         )
     return True, "ready\n"
