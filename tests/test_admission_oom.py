@@ -20,6 +20,7 @@ from gateway.admission import AdmissionControl, Refusal
 from gateway.config import Admission
 from gateway.server import Gateway
 from tests.conftest import MakeGateway, ws_url
+from tests.support.acl import documented_acl_users
 from tests.support.redis_server import RedisServer
 from tests.support.tokens import new_token
 from tests.support.ws import close_code, connect_authed, http_fetch, http_get, recv_json, request
@@ -29,7 +30,8 @@ RedisFactory = Callable[[Sequence[str]], RedisServer]
 
 @pytest.fixture
 async def private(redis_factory: RedisFactory) -> AsyncIterator[Redis]:
-    server = redis_factory(["--maxmemory-policy", "noeviction"])
+    acl = documented_acl_users()["notify-gateway"]  # the fallback needs no other permission
+    server = redis_factory(["--maxmemory-policy", "noeviction", *acl])
     client = Redis.from_url(server.url)
     yield client
     await client.aclose()
@@ -63,7 +65,7 @@ async def test_logins_are_admitted_uncounted_while_redis_is_out_of_memory(
 ) -> None:
     port = private.connection_pool.connection_kwargs["port"]
     gateway = await gateway_factory(
-        f"redis://127.0.0.1:{port}/0",
+        f"redis://notify-gateway:change-me-gateway@127.0.0.1:{port}/0",
         GATEWAY_MAX_CONNECTIONS_PER_USER="2",
         GATEWAY_MAX_ATTEMPTS_PER_IP="100",
         GATEWAY_SESSION_RECHECK_SECONDS="0.2",  # lease renewals run under OOM too
