@@ -99,7 +99,11 @@ class HistoryReader:
 
 
 class Recoverer:
-    """Recovers channels after the subscriber reconnects (the reader bounds how many at once)."""
+    """Recovers channels after the subscriber reconnects, :data:`REPLAY_CONCURRENCY` at a time.
+
+    Channels waiting for their turn are a dict entry each, not a task each: a reconnect
+    with many history channels costs no more than the registry already holds for them.
+    """
 
     def __init__(
         self,
@@ -108,12 +112,20 @@ class Recoverer:
     ) -> None:
         self._reader = reader
         self._finish = finish
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: dict[str, Position] = {}  # in arrival order
+        self._workers: set[asyncio.Task[None]] = set()
 
     def start(self, channel: str, since: Position) -> None:
-        task = asyncio.get_running_loop().create_task(self._recover(channel, since))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._pending[channel] = since
+        if len(self._workers) < REPLAY_CONCURRENCY:
+            task = asyncio.get_running_loop().create_task(self._work())
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
+
+    async def _work(self) -> None:
+        while self._pending:
+            channel = next(iter(self._pending))
+            await self._recover(channel, self._pending.pop(channel))
 
     async def _recover(self, channel: str, since: Position) -> None:
         replay: Replay | None = None
@@ -133,6 +145,7 @@ class Recoverer:
             log.info("channel_gap", channel=channel, reason=reason)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        self._pending.clear()
+        for task in list(self._workers):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._workers, return_exceptions=True)

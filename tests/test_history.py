@@ -222,3 +222,22 @@ async def test_a_replay_larger_than_the_replay_byte_limit_is_not_recovered(
         tail = await subscribe(ws, "public:h11", offset=7, epoch=epoch)  # ~300 KB: fits
         assert (tail["recovered"], tail["offset"]) == (True, 10)
         assert [(await recv_json(ws))["offset"] for _ in range(3)] == [8, 9, 10]
+
+
+async def test_many_channels_are_recovered_a_few_at_a_time_none_forgotten(
+    gateway: Gateway, make_session: MakeSession, redis: Redis
+) -> None:
+    channels = [f"public:many-{n}" for n in range(12)]  # three times the replays read at once
+    for channel in channels:
+        await publish_with_history(redis, channel, "1")
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("12"))
+    async with ws:
+        for channel in channels:
+            await subscribe(ws, channel)
+        await redis.client_kill_filter(_type="pubsub")
+        for channel in channels:
+            await publish_with_history(redis, channel, "2")  # some fall into the outage
+        frames = [await recv_json(ws, timeout_s=10) for _ in channels]
+        assert sorted((f["type"], f["channel"], f["offset"]) for f in frames) == sorted(
+            ("message", channel, 2) for channel in channels
+        )
