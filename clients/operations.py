@@ -113,7 +113,13 @@ class Operations:
     def create_session(
         self, user_id: str | int, ttl: int, channels: Iterable[str], extra: dict[str, Any]
     ) -> Operation[str]:
-        record = session_record(user_id, channels, extra)
+        record = session_record(
+            user_id,
+            channels,
+            extra,
+            max_bytes=self.settings.max_session_bytes,
+            max_user_id_length=self.settings.max_user_id_length,
+        )
         token = new_token()
         set_command = ("SET", self._key(token), record, "EX", check_ttl(ttl))
         return Operation("SET", [set_command], lambda _replies: token)

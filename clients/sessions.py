@@ -13,11 +13,13 @@ from typing import Any
 
 import orjson
 
+from gateway.config import Limits
 from gateway.session import SessionError, parse_session, token_problem
 
 __all__ = ["check_token", "check_ttl", "decode_session", "new_token", "session_record"]
 
 _RESERVED = ("userId", "channels")
+_LIMITS = Limits()
 
 
 def new_token() -> str:
@@ -50,10 +52,28 @@ def check_ttl(ttl: object) -> int:
     return ttl
 
 
-def session_record(user_id: object, channels: Iterable[str], extra: Mapping[str, Any]) -> bytes:
-    """The JSON stored for a new session; :class:`ValueError`/:class:`TypeError` if unusable."""
+def session_record(
+    user_id: object,
+    channels: Iterable[str],
+    extra: Mapping[str, Any],
+    *,
+    max_bytes: int = _LIMITS.max_session_bytes,
+    max_user_id_length: int = _LIMITS.max_user_id_length,
+) -> bytes:
+    """The JSON stored for a new session; :class:`ValueError`/:class:`TypeError` if unusable.
+
+    The limits are the gateways' (``GATEWAY_MAX_SESSION_BYTES``,
+    ``GATEWAY_MAX_USER_ID_LENGTH``): a session they would refuse is never stored.
+    """
     if isinstance(user_id, bool) or not isinstance(user_id, str | int) or user_id == "":
-        raise ValueError(f"user_id must be a non-empty str or an int, not {user_id!r}")
+        raise ValueError(
+            f"the user id must be a non-empty string or a whole number, not {user_id!r}"
+        )
+    if len(str(user_id)) > max_user_id_length:
+        raise ValueError(
+            f"the user id is {len(str(user_id))} characters long; gateways accept at most "
+            f"{max_user_id_length} (GATEWAY_MAX_USER_ID_LENGTH)"
+        )
     if isinstance(channels, str | bytes):
         raise ValueError("channels must be a list of glob strings, not a single string")
     globs = list(channels)
@@ -66,9 +86,15 @@ def session_record(user_id: object, channels: Iterable[str], extra: Mapping[str,
             f"{clash[0]!r} is set from the arguments; do not pass it as an extra field"
         )
     try:
-        return orjson.dumps({"userId": user_id, "channels": globs, **extra})
+        record = orjson.dumps({"userId": user_id, "channels": globs, **extra})
     except orjson.JSONEncodeError as exc:
         raise TypeError(f"extra session fields cannot be serialised to JSON: {exc}") from None
+    if len(record) > max_bytes:
+        raise ValueError(
+            f"the session is {len(record)} bytes as JSON; gateways accept at most {max_bytes} "
+            "(GATEWAY_MAX_SESSION_BYTES): store less in it"
+        )
+    return record
 
 
 def decode_session(raw: bytes) -> dict[str, Any]:

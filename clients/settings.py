@@ -36,6 +36,10 @@ class PublisherSettings:
     #: seconds a channel's history lives after its last message
     #: (``GATEWAY_HISTORY_RETENTION_SECONDS``)
     history_retention_s: int = _GATEWAY.history_retention_s
+    #: largest session value as JSON (``GATEWAY_MAX_SESSION_BYTES``: gateways refuse bigger)
+    max_session_bytes: int = _LIMITS.max_session_bytes
+    #: longest user id (``GATEWAY_MAX_USER_ID_LENGTH``: gateways refuse longer)
+    max_user_id_length: int = _LIMITS.max_user_id_length
 
     def __post_init__(self) -> None:
         if not isinstance(self.session_prefix, str) or not self.session_prefix:
@@ -45,6 +49,8 @@ class PublisherSettings:
             "max_channel_length",
             "history_size",
             "history_retention_s",
+            "max_session_bytes",
+            "max_user_id_length",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -65,6 +71,8 @@ class PublisherSettings:
             history_prefix=settings.history_prefix,
             history_size=settings.history_size,
             history_retention_s=settings.history_retention_s,
+            max_session_bytes=settings.limits.max_session_bytes,
+            max_user_id_length=settings.limits.max_user_id_length,
         )
 
     @classmethod

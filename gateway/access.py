@@ -102,12 +102,13 @@ def gateway_probes(redis: Redis, settings: GatewaySettings) -> list[Probe]:
 
 
 async def verify_gateway_access(redis: Redis, settings: GatewaySettings) -> None:
-    """Raise :class:`RedisSetupError` if the ACL refuses anything the gateway needs."""
+    """Raise :class:`RedisSetupError` if the ACL refuses anything the gateway needs, or Redis
+    refuses the configuration otherwise (a database it does not have, say)."""
     for probe in gateway_probes(redis, settings):
         try:
             await probe.run()
         except RedisError as exc:
             found = diagnose(exc, settings.redis, probe.doing)
-            if found.cause == "acl_denied":
+            if found.fatal:
                 raise RedisSetupError(found) from exc
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
+from gateway.config import Limits
 from gateway.redis_client import AnyRedis
 from gateway.session import Session, SessionError, parse_session, session_digest, token_problem
 
@@ -22,9 +23,10 @@ class AuthFailure(Exception):
 class SessionStore:
     """Reads sessions; never logs or returns the token."""
 
-    def __init__(self, redis: AnyRedis, prefix: str) -> None:
+    def __init__(self, redis: AnyRedis, prefix: str, limits: Limits) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._limits = limits
 
     async def load(self, token: str) -> Session:
         """The session for ``token``; raises :class:`AuthFailure` when there is none."""
@@ -36,7 +38,11 @@ class SessionStore:
         if raw is None:
             raise AuthFailure("unknown_or_expired")
         try:
-            session = parse_session(raw if isinstance(raw, bytes) else raw.encode())
+            session = parse_session(
+                raw if isinstance(raw, bytes) else raw.encode(),
+                max_bytes=self._limits.max_session_bytes,
+                max_user_id_length=self._limits.max_user_id_length,
+            )
         except SessionError as exc:
             raise AuthFailure(exc.reason) from None
         return dataclasses.replace(session, digest=session_digest(token), key=key)

@@ -9,19 +9,26 @@ The functions are pure so they are unit-tested with plain dicts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import os
 import re
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from fnmatch import fnmatchcase
 from typing import TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 __all__ = [
     "Admission",
     "ConfigError",
+    "ConfigWarning",
     "GatewaySettings",
     "Limits",
     "RedisConfig",
+    "config_warnings",
+    "connections_for",
+    "known_variables",
     "load_redis_config",
     "load_settings",
     "parse_workers",
@@ -50,12 +57,15 @@ def _parse_int(name: str, raw: str, *, minimum: int, maximum: int | None = None)
         value = int(raw.strip())
     except ValueError:
         raise ConfigError(
-            f"{name}={raw!r} is not a whole number: set it to e.g. {minimum}"
+            f"{name}={raw!r} is not a whole number: use one {_bounds(minimum, maximum)}"
         ) from None
     if value < minimum or (maximum is not None and value > maximum):
-        bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-        raise ConfigError(f"{name}={value} is out of range: it must be {bounds}")
+        raise ConfigError(f"{name}={value} is out of range: it must be {_bounds(minimum, maximum)}")
     return value
+
+
+def _bounds(minimum: int, maximum: int | None) -> str:
+    return f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
 
 
 def _parse_positive(name: str, raw: str, *, unit: str = "seconds") -> float:
@@ -193,6 +203,7 @@ def _load_sentinel(env: Mapping[str, str], config: RedisConfig) -> RedisConfig:
     none: tuple[tuple[str, int], ...] = ()
     sentinels = _get(env, "REDIS_SENTINELS", none, _parse_sentinels)
     master = env.get("REDIS_SENTINEL_MASTER", "").strip()
+    password = env.get("REDIS_SENTINEL_PASSWORD") or None
     if not sentinels:
         if master:
             raise ConfigError("REDIS_SENTINEL_MASTER is set without REDIS_SENTINELS: set both")
@@ -222,7 +233,7 @@ def _load_sentinel(env: Mapping[str, str], config: RedisConfig) -> RedisConfig:
         explicit=True,
         sentinels=sentinels,
         sentinel_master=master,
-        sentinel_password=env.get("REDIS_SENTINEL_PASSWORD") or None,
+        sentinel_password=password,
     )
 
 
@@ -328,12 +339,17 @@ class Limits:
     rate_per_second: float = 50.0
     rate_burst: int = 100
     rate_strikes: int = 10
+    #: largest stored session value read at login; bigger ones are refused (4001) unparsed
+    max_session_bytes: int = 16 * 1024
+    #: longest ``userId``: it is in every log line and in the channel ``user:{id}``
+    max_user_id_length: int = 128
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Admission:
     """Who may connect: caps counted per process, and per user/IP across instances in Redis."""
 
+    #: without GATEWAY_MAX_CONNECTIONS: what the open-file limit allows (see connections_for)
     max_connections: int = 100_000
     max_connections_per_user: int = 20
     max_attempts_per_user: int = 60
@@ -367,12 +383,18 @@ class GatewaySettings:
     #: frame bytes one replay may hold and send (unset: GATEWAY_MAX_BUFFER_BYTES)
     max_replay_bytes: int = 1024 * 1024
     log_level: str = "info"
-    log_format: str = "json"
+    #: ``auto``: console lines on a terminal, JSON otherwise (decided by gateway.log)
+    log_format: str = "auto"
     workers: int = 1
     #: bearer token guarding /metrics and /status; None leaves them open
     admin_token: str | None = dataclasses.field(default=None, repr=False)
     limits: Limits = dataclasses.field(default_factory=Limits)
     admission: Admission = dataclasses.field(default_factory=Admission)
+
+    def local_address(self, port: int | None = None) -> str:
+        """``host:port`` a client on this machine connects to (a wildcard host as loopback)."""
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return _host_port(host, self.port if port is None else port)
 
 
 def _parse_origins(name: str, raw: str) -> tuple[str, ...]:
@@ -387,8 +409,19 @@ def _parse_origins(name: str, raw: str) -> tuple[str, ...]:
     return origins
 
 
-def _load_admission(env: Mapping[str, str]) -> Admission:
+#: open files kept for everything but client sockets: Redis, logs, listening sockets, headroom
+FD_RESERVE = 1024
+
+
+def connections_for(open_files: int) -> int:
+    """The default connection cap under an open-file limit: all of it but a reserve."""
+    return open_files - min(FD_RESERVE, open_files // 2)
+
+
+def _load_admission(env: Mapping[str, str], open_files: int | None) -> Admission:
     d = Admission()
+    if open_files is not None:
+        d = dataclasses.replace(d, max_connections=connections_for(open_files))
     header = env.get("GATEWAY_TRUSTED_PROXY_HEADER", "").strip() or None
     if header is not None and not re.fullmatch(r"[A-Za-z0-9-]+", header):
         raise ConfigError(
@@ -477,8 +510,12 @@ def _load_max_replay_bytes(env: Mapping[str, str], max_buffer_bytes: int) -> int
     return value
 
 
-def load_settings(env: Mapping[str, str]) -> GatewaySettings:
-    """Build and validate the gateway settings from an environment mapping."""
+def load_settings(env: Mapping[str, str], *, open_files: int | None = None) -> GatewaySettings:
+    """Build and validate the gateway settings from an environment mapping.
+
+    ``open_files`` is the process's open-file limit, when it has one: the default of
+    ``GATEWAY_MAX_CONNECTIONS`` then follows it (:func:`connections_for`).
+    """
 
     def integer(minimum: int, maximum: int | None = None) -> Callable[[str, str], int]:
         return lambda n, r: _parse_int(n, r, minimum=minimum, maximum=maximum)
@@ -501,6 +538,12 @@ def load_settings(env: Mapping[str, str]) -> GatewaySettings:
         ),
         rate_burst=_get(env, "GATEWAY_RATE_BURST", dl.rate_burst, integer(1)),
         rate_strikes=_get(env, "GATEWAY_RATE_STRIKES", dl.rate_strikes, integer(1)),
+        max_session_bytes=_get(
+            env, "GATEWAY_MAX_SESSION_BYTES", dl.max_session_bytes, integer(64, 1024 * 1024)
+        ),
+        max_user_id_length=_get(
+            env, "GATEWAY_MAX_USER_ID_LENGTH", dl.max_user_id_length, integer(1, 1024)
+        ),
     )
     public = _get(
         env, "GATEWAY_PUBLIC_CHANNELS", defaults.public_channels, lambda n, r: _parse_list(r)
@@ -535,7 +578,7 @@ def load_settings(env: Mapping[str, str]) -> GatewaySettings:
         ),
         compression=_get(env, "GATEWAY_COMPRESSION", "off", _parse_choice(("off", "deflate")))
         == "deflate",
-        admission=_load_admission(env),
+        admission=_load_admission(env, open_files),
         history_prefix=env.get("GATEWAY_HISTORY_PREFIX", "").strip() or defaults.history_prefix,
         history_size=_get(env, "GATEWAY_HISTORY_SIZE", defaults.history_size, integer(1)),
         history_retention_s=_get(
@@ -549,8 +592,104 @@ def load_settings(env: Mapping[str, str]) -> GatewaySettings:
         log_level=_get(
             env, "GATEWAY_LOG_LEVEL", "info", _parse_choice(("debug", "info", "warning", "error"))
         ),
-        log_format=_get(env, "GATEWAY_LOG_FORMAT", "json", _parse_choice(("json", "console"))),
+        log_format=_get(
+            env, "GATEWAY_LOG_FORMAT", "auto", _parse_choice(("auto", "json", "console"))
+        ),
         workers=_get(env, "GATEWAY_WORKERS", defaults.workers, parse_workers),
         admin_token=_get(env, "GATEWAY_ADMIN_TOKEN", None, _parse_admin_token),
         limits=limits,
     )
+
+
+class _Recording(Mapping[str, str]):
+    """An environment that remembers every name looked up in it."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.names: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.names.add(name)
+        return self._env[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)
+
+
+@functools.cache
+def known_variables() -> frozenset[str]:
+    """Every variable the settings loader reads: found by watching it read an empty
+    environment, so a setting added to :func:`load_settings` is known with no list to edit.
+    (The loader reads each of its variables whatever the others say.)"""
+    env = _Recording({})
+    load_settings(env)
+    return frozenset(env.names)
+
+
+#: the prefixes of the variables that belong to notify-gateway
+PREFIXES = ("GATEWAY_", "REDIS_")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConfigWarning:
+    """A setting that is valid but probably not what was meant."""
+
+    variable: str
+    #: ``unknown_variable`` or ``private_channels_public``
+    problem: str
+    #: one line saying what happens and what to do
+    message: str
+
+
+def config_warnings(env: Mapping[str, str], settings: GatewaySettings) -> list[ConfigWarning]:
+    """What in ``env`` is probably a mistake: unknown ``GATEWAY_*``/``REDIS_*`` names (with
+    the closest known one) and public globs that take in the private ``user:`` channels."""
+    known = known_variables()
+    warnings = []
+    for name in sorted(env):
+        if name.startswith(PREFIXES) and name not in known:
+            fix = "see the README configuration table"
+            # Compared without the prefix, which every name shares.
+            prefix = next(p for p in PREFIXES if name.startswith(p))
+            kin = {k.removeprefix(prefix): k for k in known if k.startswith(prefix)}
+            close = difflib.get_close_matches(name.removeprefix(prefix), kin, n=1, cutoff=0.7)
+            if close:
+                fix = f"did you mean {kin[close[0]]}?"
+            warnings.append(
+                ConfigWarning(
+                    name,
+                    "unknown_variable",
+                    f"{name} is not a notify-gateway setting and is ignored: {fix}",
+                )
+            )
+    for glob in settings.public_channels:
+        if _glob_reaches(glob, "user:"):
+            warnings.append(
+                ConfigWarning(
+                    "GATEWAY_PUBLIC_CHANNELS",
+                    "private_channels_public",
+                    f"GATEWAY_PUBLIC_CHANNELS holds {glob!r}, which matches private user:{{id}} "
+                    "channels: every session may read those users' notifications; use "
+                    "narrower globs (e.g. public:*)",
+                )
+            )
+    return warnings
+
+
+def _glob_reaches(glob: str, prefix: str) -> bool:
+    """Whether ``glob`` (fnmatch syntax) matches some name that starts with ``prefix``."""
+    i = 0
+    for char in prefix:
+        if i == len(glob):
+            return False
+        if glob[i] == "*":
+            return True
+        end = glob.find("]", i + 2) if glob[i] == "[" else -1
+        token = glob[i : end + 1] if end != -1 else glob[i]
+        if not fnmatchcase(char, token):
+            return False
+        i += len(token)
+    return i < len(glob)  # something more to match after the prefix

@@ -22,7 +22,14 @@ from redis import exceptions as rx
 
 from gateway.config import RedisConfig
 
-__all__ = ["Diagnosis", "RedisReplyError", "RedisSetupError", "diagnose", "user_label"]
+__all__ = [
+    "Diagnosis",
+    "RedisReplyError",
+    "RedisSetupError",
+    "diagnose",
+    "tls_to_plaintext_port",
+    "user_label",
+]
 
 ACL_DOCS = "docs/redis.md"
 
@@ -172,6 +179,14 @@ def _from_reply(code: str, text: str, config: RedisConfig, doing: str | None) ->
             "(on a managed service, the primary or writer endpoint)",
             fatal=True,
         )
+    if "DB index is out of range" in text:
+        return Diagnosis(
+            "db_out_of_range",
+            f"{at} has no database {config.db} (DB index is out of range): set REDIS_DB (or "
+            "the /N of REDIS_URL) below the server's `databases` setting (16 unless its "
+            "redis.conf says otherwise)",
+            fatal=True,
+        )
     if "max number of clients" in text:
         return Diagnosis(
             "max_clients",
@@ -227,16 +242,25 @@ def _from_tls(exc: ssl.SSLError, config: RedisConfig) -> Diagnosis:
             fatal=True,
         )
     if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
-        return Diagnosis(
-            "tls_to_plaintext_port",
-            f"{addr} does not speak TLS ({exc.reason}): use redis:// (no TLS) or the server's "
-            "TLS port",
-            fatal=True,
-        )
+        return tls_to_plaintext_port(config, exc.reason)
     return Diagnosis(
         "tls_failed",
         f"TLS with {addr} failed: {exc.reason or _scrub(str(exc), config)}: check the REDIS_TLS_* "
         "settings against the server's tls-* settings",
+        fatal=True,
+    )
+
+
+def tls_to_plaintext_port(config: RedisConfig, evidence: str) -> Diagnosis:
+    """TLS is on but the port speaks plaintext RESP (``evidence`` says how that was seen).
+
+    A plaintext Redis usually waits for a line end that a TLS hello never sends, so the
+    handshake times out: whoever sees the timeout asks in plaintext (:mod:`gateway.probe`).
+    """
+    return Diagnosis(
+        "tls_to_plaintext_port",
+        f"{config.address} does not speak TLS ({evidence}): use redis:// (no TLS) or the "
+        "server's TLS port",
         fatal=True,
     )
 

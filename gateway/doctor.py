@@ -28,6 +28,7 @@ from gateway.access import PROBE_NAME, gateway_probes
 from gateway.commands import Subcommand
 from gateway.config import GatewaySettings, RedisConfig, load_settings
 from gateway.diagnose import diagnose, user_label
+from gateway.probe import refine
 from gateway.redis_client import redis_kwargs
 
 __all__ = ["DOCTOR", "Check", "Status", "render", "run_checks"]
@@ -95,7 +96,7 @@ class _Doctor:
         try:
             await self.redis.ping()
         except RedisError as exc:
-            found = diagnose(exc, config, "PING")
+            found = await refine(diagnose(exc, config, "PING"), config)
             if found.cause in _AUTH_CAUSES:
                 self.add("reachable", Status.OK, f"{config.address} answers")
                 self.add("authenticated", Status.FAIL, found.message)

@@ -1,4 +1,5 @@
-"""structlog set-up: one JSON object per line on stdout, secrets redacted.
+"""structlog set-up: one JSON object per line on stdout (console lines on a terminal),
+secrets redacted.
 
 Configured once by :func:`configure_logging`; modules get loggers with
 ``structlog.get_logger(name)`` and bind ``conn``/``user`` per connection. Records
@@ -29,21 +30,33 @@ MASK = "***"
 
 # Field names that hold secrets whatever their value looks like (matched anywhere in the name).
 _SECRET_KEY = re.compile(r"token|passw|secret|authorization|cookie|api_?key|credential", re.I)
-_SECRET_WORD = r"[\w-]*(?:token|passw|secret|api_?key)[\w-]*"
+_SECRET_WORD = r"(?:token|passw|secret|api_?key)"
+#: the longest URL password matched only when its ``@`` follows; a longer run after
+#: ``scheme://user:`` is masked whether or not an ``@`` follows (over-redaction, never a leak)
+_URL_PASSWORD_SCAN = 256
 # Each pattern's `lead` is kept and what follows it is masked.
+#
+# Linear time, whatever the text (a 30,000-character user id took seconds with the
+# earlier patterns): a match can start only at a literal anchor (``://``, ``"``, a keyword)
+# or at the start of a run of key characters; an unbounded repeat is possessive (``*+``,
+# ``++``, no backtracking) and either ends the pattern (what it consumes is part of the
+# match, never scanned again) or stops at the next anchor; anything else is bounded.
+# tests/test_logging.py counts the steps of a backtracking model of each pattern.
 _SCRUBBERS = tuple(
     re.compile(pattern, re.I)
     for pattern in (
-        # scheme://user:password@host
-        r"(?P<lead>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?=@)",
+        # scheme://user:password@host (the character before :// belongs to a scheme)
+        rf"(?P<lead>://(?<=[a-z0-9+.-]://)[^:/@\s]*+:)"
+        rf"(?:[^@\s]{{1,{_URL_PASSWORD_SCAN}}}+(?=@)|[^@\s]{{{_URL_PASSWORD_SCAN + 1}}}[^@\s]*+)",
         # an Authorization header, whatever the scheme (Bearer, Basic...)
-        r"(?P<lead>authorization[\"']?\s*[:=]\s*[\"']?)[^\"'\r\n,}]+",
+        r"(?P<lead>authorization[\"']?\s*+[:=]\s*+[\"']?)[^\"'\r\n,}]++",
         # a bearer token anywhere in text
-        r"(?P<lead>\bbearer\s+)[^\s\"',}]+",
-        # token=..., password=... in query strings and key=value text
-        rf"(?P<lead>\b{_SECRET_WORD}=)[^&\s\"',;]+",
+        r"(?P<lead>\bbearer\s++)[^\s\"',}]++",
+        # token=..., password=... in query strings and key=value text: the key is the
+        # whole run of word characters and dashes, tried once from its first character
+        rf"(?<![\w-])(?P<lead>(?>[\w-]*?{_SECRET_WORD})[\w-]*+=)[^&\s\"',;]++",
         # "token": "..." inside JSON text (a client frame echoed in an error, say)
-        rf"(?P<lead>\"{_SECRET_WORD}\"\s*:\s*\")[^\"]*",
+        rf"(?P<lead>\"(?>[\w-]*?{_SECRET_WORD})[\w-]*+\"\s*+:\s*+\")[^\"]*+",
     )
 )
 
@@ -100,16 +113,20 @@ class _LibraryHandler(logging.Handler):
 
 
 def configure_logging(level: str = "info", fmt: str = "json", file: BinaryIO | None = None) -> None:
-    """Send structured events to stdout (or ``file``) as JSON lines, or coloured console output.
+    """Send structured events to stdout (or ``file``) as JSON lines, or console lines.
 
-    Records of the standard :mod:`logging` module go through the same processors
-    and sink; websockets' own records below WARNING are dropped, as the gateway
-    logs connections itself.
+    ``fmt`` ``auto`` is console lines when stdout is a terminal, JSON otherwise; console
+    lines are coloured only on a terminal. Records of the standard :mod:`logging` module
+    go through the same processors and sink; websockets' own records below WARNING are
+    dropped, as the gateway logs connections itself.
     """
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
+    terminal = file is None and sys.stdout.isatty()
+    if fmt == "auto":
+        fmt = "console" if terminal else "json"
     renderer: Any
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer()
+        renderer = structlog.dev.ConsoleRenderer(colors=terminal)
         logger_factory: Any = structlog.PrintLoggerFactory(sys.stdout)
     else:
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)

@@ -98,7 +98,7 @@ class Gateway:
             settings,
             self.registry,
             self.subscriber,
-            SessionStore(self.redis, settings.session_prefix),
+            SessionStore(self.redis, settings.session_prefix, settings.limits),
             self.admission,
             self.history,
             respond=route_requests(self._routes()),

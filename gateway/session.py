@@ -80,8 +80,23 @@ class Session:
     key: str = dataclasses.field(default="", repr=False)
 
 
-def parse_session(raw: bytes) -> Session:
-    """Decode a stored session: JSON with ``userId`` and optional ``channels`` globs."""
+_LIMITS = Limits()
+
+
+def parse_session(
+    raw: bytes,
+    *,
+    max_bytes: int = _LIMITS.max_session_bytes,
+    max_user_id_length: int = _LIMITS.max_user_id_length,
+) -> Session:
+    """Decode a stored session: JSON with ``userId`` and optional ``channels`` globs.
+
+    A value over ``max_bytes`` is refused before it is parsed, and a ``userId`` over
+    ``max_user_id_length`` characters is refused: the user id goes into every log line of
+    the connection and into its channel name.
+    """
+    if len(raw) > max_bytes:
+        raise SessionError("session_too_large")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -91,10 +106,13 @@ def parse_session(raw: bytes) -> Session:
     user = obj.get("userId")
     if isinstance(user, bool) or not isinstance(user, str | int) or user == "":
         raise SessionError("session_without_user")
+    user_id = str(user)
+    if len(user_id) > max_user_id_length:
+        raise SessionError("user_id_too_long")
     channels = obj.get("channels", [])
     if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
         raise SessionError("session_channels_not_list")
-    return Session(str(user), tuple(channels))
+    return Session(user_id, tuple(channels))
 
 
 class TokenBucket:

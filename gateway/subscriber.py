@@ -28,6 +28,7 @@ import structlog
 
 from gateway.config import RedisConfig
 from gateway.diagnose import RedisReplyError, RedisSetupError, diagnose
+from gateway.probe import refine
 from gateway.sentinel import redis_address
 
 __all__ = ["Backoff", "PubSubProtocol", "RedisReplyError", "Subscriber"]
@@ -311,7 +312,7 @@ class Subscriber:
             try:
                 protocol = await self.connect()
             except (OSError, TimeoutError, RedisReplyError) as exc:
-                diagnosis = diagnose(exc, self._config)
+                diagnosis = await refine(diagnose(exc, self._config), self._config)
                 if diagnosis.fatal and not connected_once:
                     raise RedisSetupError(diagnosis) from exc
                 delay = self.backoff.next_delay()

@@ -103,6 +103,7 @@ async def test_publish_from_stdin_stops_at_the_first_bad_line(
         (("publish", "c", '"' + "x" * 100 + '"'), "DATA: payload for 'c' is 102 bytes"),
         (("session", "create", "1", "--ttl", "0"), "ttl must be a positive whole number"),
         (("session", "revoke", "bad token"), "token is not a session token"),
+        (("session", "create", ""), "USER_ID is empty: give the id your backend knows"),
     ],
 )
 async def test_bad_input_is_one_line_and_status_2(
@@ -237,3 +238,43 @@ async def test_publish_with_history_flag_numbers_the_message(
     frame = await recv_json(ws)
     assert (frame["data"], frame["offset"]) == ({"a": 1}, 1)
     await ws.close()
+
+
+async def test_session_create_of_an_empty_user_names_the_argument_not_python_types(
+    env: dict[str, str],
+) -> None:
+    code, out, err = await cli(env, "session", "create", "")
+    assert (code, out) == (2, "")
+    assert "str" not in err
+    assert "int" not in err
+
+
+async def test_listen_finds_the_gateway_from_gateway_port(
+    gateway: Gateway, env: dict[str, str]
+) -> None:
+    # A wrong token, so the answer (4001) proves the gateway on GATEWAY_PORT was reached.
+    listen_env = {**env, "GATEWAY_PORT": str(gateway.port)}
+    code, _, err = await cli(listen_env, "listen", "x", "--token", "never-issued-token")
+    assert code == 1
+    assert "closed with 4001" in one_line_error(err)
+
+
+@pytest.mark.parametrize("command", ["publish", "session", "listen"])
+async def test_help_says_where_redis_or_the_gateway_is_found(
+    env: dict[str, str], command: str
+) -> None:
+    code, out, _ = await cli(env, command, "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "REDIS_URL" in text
+    if command == "listen":
+        assert "GATEWAY_PORT" in text
+
+
+async def test_unknown_variables_are_warned_on_stderr(env: dict[str, str]) -> None:
+    code, out, err = await cli({**env, "REDIS_UR": "x"}, "publish", "public:w", "1")
+    assert (code, out.strip()) == (0, "0")
+    assert err == (
+        "notify-gateway: warning: REDIS_UR is not a notify-gateway setting and is ignored: "
+        "did you mean REDIS_URL?\n"
+    )

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from gateway.config import ConfigError, load_redis_config, load_settings
+from gateway.config import (
+    ConfigError,
+    config_warnings,
+    connections_for,
+    known_variables,
+    load_redis_config,
+    load_settings,
+)
+from tests.support.process import ROOT
 
 
 def test_defaults_need_no_environment() -> None:
@@ -118,3 +128,79 @@ def test_the_replay_byte_limit_follows_the_buffer_limit_and_stays_within_it() ->
         load_settings({"GATEWAY_MAX_REPLAY_BYTES": "2000000"})
     with pytest.raises(ConfigError, match="GATEWAY_MAX_REPLAY_BYTES"):
         load_settings({"GATEWAY_MAX_REPLAY_BYTES": "12"})
+
+
+README = ROOT / "README.md"
+
+
+def readme_variables() -> set[str]:
+    """The names in the first column of the README's configuration table."""
+    section = README.read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    names: set[str] = set()
+    for line in section.splitlines():
+        cells = line.strip().strip("|").split("|")
+        if line.startswith("|") and len(cells) >= 3:
+            names.update(re.findall(r"`((?:GATEWAY|REDIS)_[A-Z_]+)`", cells[0]))
+    return names
+
+
+def test_the_readme_table_lists_exactly_the_variables_the_loader_reads() -> None:
+    known = known_variables()
+    assert {"REDIS_URL", "GATEWAY_PORT", "REDIS_SENTINEL_PASSWORD"} <= known  # the scan works
+    assert readme_variables() == known
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("GATEWAY_MAX_CONNECTION", "did you mean GATEWAY_MAX_CONNECTIONS?"),
+        ("REDIS_UR", "did you mean REDIS_URL?"),
+        ("GATEWAY_LOGLEVEL", "did you mean GATEWAY_LOG_LEVEL?"),
+        ("GATEWAY_NONSENSE", "see the README configuration table"),
+    ],
+)
+def test_unknown_variables_are_warned_with_the_closest_name(name: str, hint: str) -> None:
+    env = {name: "10", "PATH": "/bin", "REDIS_URL": "redis://h:1/0"}
+    (warning,) = config_warnings(env, load_settings(env))
+    assert (warning.variable, warning.problem) == (name, "unknown_variable")
+    assert warning.message.endswith(hint)
+
+
+@pytest.mark.parametrize(
+    ("globs", "warned"),
+    [
+        ("notifications,public:*", False),
+        ("user:*", True),
+        ("*", True),
+        ("u*", True),
+        ("user:4?", True),
+        ("[tu]ser:*", True),
+        ("users:*", False),
+        ("[!u]*", False),
+        ("user", False),
+    ],
+)
+def test_public_globs_over_private_channels_are_warned(globs: str, warned: bool) -> None:
+    env = {"GATEWAY_PUBLIC_CHANNELS": globs}
+    problems = [w.problem for w in config_warnings(env, load_settings(env))]
+    assert problems == (["private_channels_public"] if warned else [])
+
+
+def test_the_connection_cap_follows_the_open_file_limit_unless_set() -> None:
+    assert load_settings({}, open_files=20_000).admission.max_connections == 18_976
+    assert load_settings({}, open_files=1024).admission.max_connections == 512
+    assert load_settings({}).admission.max_connections == 100_000  # library use: no limit known
+    explicit = load_settings({"GATEWAY_MAX_CONNECTIONS": "50"}, open_files=20_000)
+    assert explicit.admission.max_connections == 50
+    assert connections_for(1_048_576) == 1_047_552
+
+
+def test_a_port_that_is_not_a_number_gets_its_range() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"GATEWAY_PORT": "abc"})
+    assert str(info.value) == "GATEWAY_PORT='abc' is not a whole number: use one from 0 to 65535"
+
+
+def test_log_format_defaults_to_auto() -> None:
+    assert load_settings({}).log_format == "auto"
+    assert load_settings({"GATEWAY_LOG_FORMAT": "Console"}).log_format == "console"

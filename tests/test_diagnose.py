@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
+import re
 import socket
 import ssl
 
@@ -10,6 +13,8 @@ from redis import exceptions as rx
 
 from gateway.config import RedisConfig, load_redis_config
 from gateway.diagnose import RedisReplyError, diagnose
+from gateway.redis_client import async_redis
+from tests.support.process import ROOT
 
 PLAIN = load_redis_config({"REDIS_URL": "redis://:hunter2@cache.internal:6380/0"})
 USER = load_redis_config({"REDIS_URL": "redis://app:hunter2@cache.internal:6380/0"})
@@ -270,3 +275,48 @@ def test_unknown_errors_are_quoted_without_the_password() -> None:
     assert found.cause == "redis_error"
     assert "unknown command 'HELLO'" in found.message
     assert "hunter2" not in found.message
+
+
+def _diagnoses_in_code() -> dict[str, bool]:
+    """Every ``Diagnosis("cause", ..., fatal=...)`` built in gateway/diagnose.py."""
+    tree = ast.parse((ROOT / "gateway" / "diagnose.py").read_text())
+    found: dict[str, bool] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Diagnosis":
+            cause = node.args[0]
+            fatal = next(k.value for k in node.keywords if k.arg == "fatal")
+            assert isinstance(cause, ast.Constant)
+            assert isinstance(fatal, ast.Constant)
+            found[cause.value] = fatal.value
+    return found
+
+
+def test_the_failure_cause_table_of_redis_md_matches_the_code() -> None:
+    text = (ROOT / "docs" / "redis.md").read_text()
+    section = text.split("\n### Failure causes\n", 1)[1].split("\n## ", 1)[0]
+    documented = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and re.fullmatch(r"`[a-z_]+`", cells[0]):
+            documented[cells[0].strip("`")] = cells[1] == "exit 2"
+    code = _diagnoses_in_code()
+    assert {"timeout", "db_out_of_range", "acl_denied"} <= code.keys()  # the scan works
+    assert documented == code
+
+
+def test_docs_name_only_causes_the_code_has() -> None:
+    causes = set(_diagnoses_in_code())
+    logging_md = (ROOT / "docs" / "logging.md").read_text()
+    row = next(
+        line for line in logging_md.splitlines() if line.startswith("| `redis_connect_failed`")
+    )
+    examples = row.split("short code (", 1)[1].split(")", 1)[0]
+    named = set(re.findall(r"`([a-z_]+)`", examples))
+    assert named
+    assert named <= causes
+
+
+def test_the_pool_size_in_redis_md_is_the_code_s() -> None:
+    pool = inspect.signature(async_redis).parameters["max_connections"].default
+    text = " ".join((ROOT / "docs" / "redis.md").read_text().split())
+    assert re.findall(r"up to (\d+) pooled connections", text) == [str(pool), str(pool)]

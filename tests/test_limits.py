@@ -10,16 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway.channels import ChannelPolicy
-from gateway.config import Limits
+from gateway.config import ConfigError, Limits, load_settings
 from gateway.server import Gateway
-from gateway.session import ClientSession, Session
+from gateway.session import ClientSession, Session, SessionError, parse_session
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.process import GatewayProcess
 from tests.support.redis_server import RedisServer
+from tests.support.tokens import new_token
 from tests.support.ws import close_code, connect_authed, recv_json, request, wait_until
 
 
@@ -239,3 +241,42 @@ def test_frames_are_json_error_frames_for_garbage() -> None:
     action = session.receive(b"\x00\xff", 0.0)
     frame = orjson.loads(action.frame[2:])  # type: ignore[union-attr]
     assert frame["type"] == "error"
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"userId": "u" * 129}, "user_id_too_long"),
+        ({"userId": "7", "profile": "x" * 2000}, "session_too_large"),
+    ],
+)
+async def test_oversized_sessions_are_refused_4001_unprocessed(
+    gateway_factory: MakeGateway, redis: Redis, fields: dict[str, str], reason: str
+) -> None:
+    gateway = await gateway_factory(GATEWAY_MAX_SESSION_BYTES="1024")
+    token = new_token()
+    await redis.set(f"session:{token}", orjson.dumps(fields), ex=60)
+    with capture_logs() as logs:
+        ws = await connect(ws_url(gateway), additional_headers={"Authorization": f"Bearer {token}"})
+        assert await close_code(ws) == 4001
+    failed = [e for e in logs if e["event"] == "auth_failed"]
+    assert [e["reason"] for e in failed] == [reason]
+    assert gateway.handler.auth_failures[reason] == 1  # notify_gateway_auth_failures_total
+    assert not any(e["event"] == "connection_opened" for e in logs)
+
+
+def test_session_limits_are_settings() -> None:
+    limits = load_settings(
+        {"GATEWAY_MAX_SESSION_BYTES": "2048", "GATEWAY_MAX_USER_ID_LENGTH": "64"}
+    ).limits
+    assert (limits.max_session_bytes, limits.max_user_id_length) == (2048, 64)
+    with pytest.raises(ConfigError, match="GATEWAY_MAX_SESSION_BYTES"):
+        load_settings({"GATEWAY_MAX_SESSION_BYTES": "10"})
+
+
+def test_parse_session_refuses_before_parsing() -> None:
+    with pytest.raises(SessionError, match="session_too_large"):
+        parse_session(b"[" * 100, max_bytes=99)  # not even JSON: never parsed
+    with pytest.raises(SessionError, match="user_id_too_long"):
+        parse_session(b'{"userId": 123456}', max_user_id_length=5)
+    assert parse_session(b'{"userId": 12345}', max_user_id_length=5).user_id == "12345"

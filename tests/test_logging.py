@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import dataclasses
+import random
 import re
 import signal
 import subprocess
@@ -14,9 +15,10 @@ import textwrap
 import orjson
 import pytest
 
-from gateway.log import LIBRARY_EVENT, redact_secrets
+from gateway.log import _SCRUBBERS, LIBRARY_EVENT, redact_secrets
 from tests.support.process import ROOT, GatewayProcess
 from tests.support.redis_server import RedisServer
+from tests.support.regex_steps import StepCounter
 from tests.support.ws import http_fetch
 
 LEVELS = ("debug", "info", "warning", "error", "critical", "exception")
@@ -261,3 +263,106 @@ async def test_admin_token_never_reaches_the_log(redis_server: RedisServer) -> N
         assert wrong not in output
     finally:
         gateway.stop()
+
+
+# -- linear-time redaction --------------------------------------------------------
+
+#: the URL pattern before issue 13.8: 1.78 s on a 20,000-character string
+QUADRATIC_URL = re.compile(r"(?P<lead>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?=@)", re.I)
+
+#: texts that make a backtracking pattern rescan: runs of what its parts accept
+ADVERSARIAL_UNITS = (
+    "a",
+    "a-",
+    "a://b:",
+    "x://u:p/",
+    "://",
+    "token",
+    "-token",
+    "tokentoken=",
+    '"token',
+    '"token" : "',
+    '"',
+    "authorization ",
+    "authorization:",
+    "bearer ",
+    "a=",
+    "a:@",
+)
+FRAGMENTS = ("a", "-", "://", ":", "@", " ", "token", "=", '"', "bearer", "authorization", "/")
+
+
+def _texts(size: int) -> list[str]:
+    """Each adversarial unit repeated to ``size``, and random mixes of fragments repeated:
+    the text of 8 * size is the text of size, 8 times over."""
+    texts = [(unit * (size // len(unit) + 1))[:size] for unit in ADVERSARIAL_UNITS]
+    rng = random.Random(13)
+    for _ in range(2):
+        block = "".join(rng.choice(FRAGMENTS) for _ in range(40))[:40]
+        texts.append(block * (size // 40))
+    return texts
+
+
+def _steps(pattern: re.Pattern[str], text: str) -> int:
+    counter = StepCounter(pattern)
+    spans = counter.sub_spans(text)
+    # The model finds what the real engine finds, so its count is the count of this search.
+    assert spans == [m.span() for m in pattern.finditer(text)], (pattern.pattern, text[:40])
+    return counter.steps
+
+
+def test_the_step_counter_sees_quadratic_work() -> None:
+    # Guards the test below: the pattern of issue 13.8 does 8x8 the work on 8x the text.
+    small, large = _steps(QUADRATIC_URL, "a" * 60), _steps(QUADRATIC_URL, "a" * 480)
+    assert large > 40 * small
+
+
+@pytest.mark.parametrize("number", range(len(_SCRUBBERS)))
+def test_redaction_work_grows_linearly_with_the_text(number: int) -> None:
+    pattern = _SCRUBBERS[number]
+    for small, large in zip(_texts(200), _texts(1600), strict=True):
+        ratio = _steps(pattern, large) / _steps(pattern, small)
+        assert ratio < 10, (pattern.pattern, small[:24], ratio)
+
+
+@pytest.mark.parametrize(
+    ("text", "hidden"),
+    [
+        # a password longer than the look-ahead for its @ is masked all the same
+        (f"redis://app:{'p' * 600}@cache:6379", "p" * 20),
+        (f"{'x' * 30_000} token={SECRET}", SECRET),
+        (f"redis://:{SECRET}@h:1 " * 2_000, SECRET),
+    ],
+    ids=["long-password", "long-prefix", "many-urls"],
+)
+def test_redaction_of_long_text_still_masks(text: str, hidden: str) -> None:
+    out = redact_secrets(None, "info", {"event": "x", "error": text})
+    assert hidden not in out["error"]
+
+
+def test_redaction_keeps_ordinary_urls_and_long_user_ids() -> None:
+    user = "u" * 30_000
+    fields = {"event": "x", "user": user, "url": "http://example.com:8080/path?q=1"}
+    assert redact_secrets(None, "info", dict(fields)) == fields
+
+
+@pytest.mark.parametrize(("fmt", "json_lines"), [("auto", True), ("console", False)])
+def test_logs_into_a_pipe_have_no_colour_codes(fmt: str, json_lines: bool) -> None:
+    code = f"""
+        import structlog
+        from gateway.log import configure_logging
+
+        configure_logging("info", {fmt!r})
+        structlog.get_logger("t").warning("redis_disconnected", reason="x")
+        """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    assert b"\x1b[" not in result.stdout
+    assert b"redis_disconnected" in result.stdout
+    is_json = result.stdout.startswith(b"{")
+    assert is_json is json_lines

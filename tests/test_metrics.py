@@ -338,3 +338,24 @@ class _Fixed:
 
     def collect(self) -> Iterator[Metric]:
         yield self._histogram.family()
+
+
+def _shape(value: object) -> object:
+    """The keys of a JSON value, nested; lists by their first item."""
+    if isinstance(value, dict):
+        return {key: _shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shape(value[0])] if value else []
+    return None
+
+
+async def test_the_status_example_in_operations_md_has_every_field(
+    gateway: Gateway, make_session: MakeSession
+) -> None:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    example = text.split("`GET /status` answers", 1)[1].split("```json\n", 1)[1].split("```", 1)[0]
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("1"))
+    async with ws:
+        await request(ws, {"type": "subscribe", "channel": "notifications"})
+        report = orjson.loads((await _admin_get(gateway, "/status", None))[2])
+    assert _shape(orjson.loads(example)) == _shape(report)

@@ -479,3 +479,61 @@ async def test_pubsub_connection_has_tcp_keepalive_on(redis_server: RedisServer)
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
     finally:
         protocol.close()
+
+
+async def test_tls_to_a_plaintext_port_stops_serve_with_status_2(
+    redis_server: RedisServer, certs: Certs
+) -> None:
+    # A plaintext Redis waits for a line end the TLS hello never sends: the handshake times
+    # out, and a PING in plaintext tells that apart from a slow network.
+    process = GatewayProcess(
+        {
+            "REDIS_URL": f"rediss://127.0.0.1:{redis_server.port}",
+            "REDIS_TLS_CA_PATH": str(certs.ca),
+            "REDIS_CONNECT_TIMEOUT": "300",
+        }
+    )
+    try:
+        assert await asyncio.to_thread(process.wait) == 2
+        stderr = process.stderr()
+        failed = [r for r in process.records() if r["event"] == "redis_setup_failed"]
+    finally:
+        process.stop()
+    assert [r["cause"] for r in failed] == ["tls_to_plaintext_port"]
+    assert "does not speak TLS" in stderr
+    assert "use redis://" in stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("how", ["url", "split"])
+async def test_a_database_redis_does_not_have_stops_serve_with_status_2(
+    redis_server: RedisServer, how: str
+) -> None:
+    env = (
+        {"REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/99"}
+        if how == "url"
+        else {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_server.port), "REDIS_DB": "99"}
+    )
+    process = GatewayProcess(env)
+    try:
+        assert await asyncio.to_thread(process.wait) == 2
+        stderr = process.stderr()
+        events = [r["event"] for r in process.records()]
+    finally:
+        process.stop()
+    assert "redis_access_unchecked" not in events  # no retry loop
+    assert "has no database 99" in stderr
+    assert "REDIS_DB" in stderr
+    assert "`databases`" in stderr
+    assert stderr.count("\n") == 1  # no greeting before the exit
+
+
+async def test_doctor_names_the_database_setting(redis_server: RedisServer) -> None:
+    process = GatewayProcess({"REDIS_URL": f"{redis_server.url[:-2]}/99"}, args=("doctor",))
+    try:
+        assert await asyncio.to_thread(process.wait) == 1
+        output = process.output()
+    finally:
+        process.stop()
+    assert "FAIL" in output
+    assert "REDIS_DB" in output

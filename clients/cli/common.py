@@ -8,11 +8,29 @@ from collections.abc import Callable, Mapping
 
 from clients.errors import PublisherError
 from clients.sync import Publisher
+from gateway.config import GatewaySettings, config_warnings, load_settings
 
-__all__ = ["USAGE_ERROR", "fail", "note", "read_token", "with_publisher"]
+__all__ = [
+    "REDIS_HELP",
+    "USAGE_ERROR",
+    "fail",
+    "note",
+    "read_token",
+    "warn_config",
+    "with_publisher",
+]
 
 #: exit status for bad input (as argparse and configuration errors); 1 is for failures
 USAGE_ERROR = 2
+
+#: the description of the subcommands that talk to Redis
+REDIS_HELP = (
+    "Redis is found as the gateway finds it: REDIS_URL (default redis://localhost:6379/0, "
+    "where `notify-gateway serve` starts its private Redis), or REDIS_HOST, REDIS_PORT, "
+    "REDIS_USERNAME, REDIS_PASSWORD, REDIS_DB; REDIS_TLS* and REDIS_CLUSTER as in the README. "
+    "GATEWAY_SESSION_PREFIX and the GATEWAY_MAX_* limits are read too, so nothing is stored "
+    "that the gateways would refuse."
+)
 
 
 def note(message: str) -> None:
@@ -31,12 +49,19 @@ def read_token(value: str) -> str:
     return sys.stdin.readline().strip() if value == "-" else value
 
 
+def warn_config(env: Mapping[str, str], settings: GatewaySettings) -> None:
+    """One stderr line per probable mistake in the environment (an unknown variable, say)."""
+    for warning in config_warnings(env, settings):
+        note(f"warning: {warning.message}")
+
+
 def with_publisher(env: Mapping[str, str], action: Callable[[Publisher], int]) -> int:
     """Run ``action`` with a publisher configured by ``env``; errors become one line.
 
     A :class:`~gateway.config.ConfigError` propagates: the command line reports it.
     """
     publisher = Publisher.from_env(env)
+    warn_config(env, load_settings(env))
     try:
         return action(publisher)
     except PublisherError as exc:

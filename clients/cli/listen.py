@@ -15,13 +15,13 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from clients.cli.common import USAGE_ERROR, fail, note, read_token
+from clients.cli.common import USAGE_ERROR, fail, note, read_token, warn_config
 from gateway.commands import Subcommand
+from gateway.config import load_settings
 from gateway.protocol import CloseCode
 
 __all__ = ["LISTEN"]
 
-DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 #: how long the gateway has to welcome us and confirm the subscriptions
 ANSWER_TIMEOUT_S = 10.0
 
@@ -43,7 +43,15 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="session token, or - to read it from stdin (--token=-abc for one starting with -)",
     )
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"gateway WebSocket URL ({DEFAULT_URL})")
+    parser.description = (
+        "Subscribe with a session token and print each message as a JSON line. It connects "
+        "to the gateway, not to Redis (REDIS_URL is not used): by default to "
+        "ws://GATEWAY_HOST:GATEWAY_PORT/ws, the address `notify-gateway serve` listens on "
+        "with the same variables (ws://127.0.0.1:8765/ws)."
+    )
+    parser.add_argument(
+        "--url", help="gateway WebSocket URL (default: from GATEWAY_HOST and GATEWAY_PORT)"
+    )
 
 
 def describe_close(closed: ConnectionClosed) -> str:
@@ -129,7 +137,10 @@ async def _listen(url: str, token: str, channels: Sequence[str]) -> int:
 
 
 def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    return asyncio.run(_listen(args.url, read_token(args.token), args.channels))
+    settings = load_settings(env)
+    warn_config(env, settings)
+    url = args.url or f"ws://{settings.local_address()}/ws"
+    return asyncio.run(_listen(url, read_token(args.token), args.channels))
 
 
 LISTEN = Subcommand(

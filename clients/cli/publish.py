@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 
 import orjson
 
-from clients.cli.common import USAGE_ERROR, fail, with_publisher
+from clients.cli.common import REDIS_HELP, USAGE_ERROR, fail, with_publisher
 from clients.sync import Publisher
 from gateway.channels import channel_problem
 from gateway.commands import Subcommand
@@ -17,6 +17,9 @@ __all__ = ["PUBLISH"]
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        f"Publish a JSON message to a channel; prints the receiver count. {REDIS_HELP}"
+    )
     parser.add_argument("channel", metavar="CHANNEL", help="exact channel name, e.g. user:42")
     parser.add_argument(
         "data",

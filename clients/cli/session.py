@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 
-from clients.cli.common import USAGE_ERROR, fail, read_token, with_publisher
+from clients.cli.common import REDIS_HELP, USAGE_ERROR, fail, read_token, with_publisher
 from clients.sync import Publisher
 from gateway.commands import Subcommand
 
@@ -13,6 +13,7 @@ __all__ = ["SESSION"]
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = f"Create or revoke a session. {REDIS_HELP}"
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     create = actions.add_parser("create", help="store a new session; prints its token last")
     create.add_argument("user_id", metavar="USER_ID")
@@ -36,6 +37,10 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _create(publisher: Publisher, args: argparse.Namespace) -> int:
+    if not args.user_id.strip():
+        return fail(
+            "USER_ID is empty: give the id your backend knows the user by, e.g. 42", USAGE_ERROR
+        )
     try:
         token = publisher.create_session(args.user_id, ttl=args.ttl, channels=args.channels)
     except ValueError as exc:
