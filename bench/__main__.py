@@ -149,10 +149,9 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
         for kind, rows in runs[0]["targets"].items()
     }
     ceiling = [run["ceiling"] for run in runs if "ceiling" in run]
-    # --scenario without sustained runs no latency floor
-    floor = [
-        _median_row([run["floor"][i] for run in runs]) for i in range(len(runs[0].get("floor", [])))
-    ]
+    # Runs without the sustained scenarios (--scenario burst, say) have no latency floor.
+    floors = [run["floor"] for run in runs if "floor" in run]
+    floor = [_median_row([f[i] for f in floors]) for i in range(len(floors[0]))] if floors else []
     return {
         **({"ceiling": _median_row(ceiling)} if ceiling else {}),
         "floor": floor,

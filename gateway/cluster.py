@@ -87,6 +87,9 @@ class _Node:
     def on_message(self, channel: bytes, payload: bytes) -> None:
         self._cluster.registry.on_message(channel, payload)
 
+    def message_failed(self, channel: bytes, error: Exception) -> None:
+        self._cluster.registry.message_failed(channel, error)
+
     def flush(self) -> None:
         self._cluster.registry.flush()
 

@@ -384,6 +384,8 @@ class GatewaySettings:
     history_size: int = 1000  # used by producers publishing with history
     history_retention_s: int = 24 * 3600
     max_replay: int = 1000
+    #: frame bytes one replay may hold and send (unset: GATEWAY_MAX_BUFFER_BYTES)
+    max_replay_bytes: int = 1024 * 1024
     log_level: str = "info"
     #: ``auto``: console lines on a terminal, JSON otherwise (decided by gateway.log)
     log_format: str = "auto"
@@ -495,6 +497,23 @@ def _parse_admin_token(name: str, raw: str) -> str:
     return token
 
 
+def _load_max_replay_bytes(env: Mapping[str, str], max_buffer_bytes: int) -> int:
+    # A replay is written to the client at once: past its buffer limit it would be a 4008.
+    value = _get(
+        env,
+        "GATEWAY_MAX_REPLAY_BYTES",
+        max_buffer_bytes,
+        lambda n, r: _parse_int(n, r, minimum=1024),
+    )
+    if value > max_buffer_bytes:
+        raise ConfigError(
+            f"GATEWAY_MAX_REPLAY_BYTES={value} is more than GATEWAY_MAX_BUFFER_BYTES="
+            f"{max_buffer_bytes}: a replay is written to the client at once and must fit in its "
+            "buffer; lower it or raise GATEWAY_MAX_BUFFER_BYTES"
+        )
+    return value
+
+
 def load_settings(env: Mapping[str, str], *, open_files: int | None = None) -> GatewaySettings:
     """Build and validate the gateway settings from an environment mapping.
 
@@ -578,6 +597,7 @@ def load_settings(env: Mapping[str, str], *, open_files: int | None = None) -> G
             env, "GATEWAY_HISTORY_RETENTION_SECONDS", defaults.history_retention_s, integer(1)
         ),
         max_replay=_get(env, "GATEWAY_MAX_REPLAY", defaults.max_replay, integer(1)),
+        max_replay_bytes=_load_max_replay_bytes(env, limits.max_buffer_bytes),
         shutdown_timeout_s=_get(
             env, "GATEWAY_SHUTDOWN_TIMEOUT", defaults.shutdown_timeout_s, _parse_positive
         ),

@@ -13,6 +13,12 @@ publishes an envelope in one atomic step, so a reader can always tell "same stre
 later offset" from "data was lost" (the epoch changed, or the offset fell out of the
 window). The envelope is the payload prefixed with ``\\x00ngh1 <offset> <epoch> ``: no
 JSON text starts with a NUL byte, so plain publishes are never mistaken for one.
+
+Pub/sub does not say who published a message, so whoever may ``PUBLISH`` on a channel can
+write an envelope there: the Redis ACL is what keeps envelopes to the producers' script
+(docs/publishing.md). The gateway still checks each one (:func:`open_envelope`): an offset
+from 1 to 2**53 - 1 (exact in JavaScript), an epoch of 1 to 32 lowercase hex digits, the
+form :func:`position_problem` accepts back from clients.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ __all__ = [
     "DEFAULT_MAXLEN",
     "DEFAULT_RETENTION_S",
     "ENVELOPE_PREFIX",
+    "MAX_OFFSET",
     "PUBLISH_SCRIPT",
     "READ_SCRIPT",
     "Envelope",
@@ -36,15 +43,23 @@ __all__ = [
 DEFAULT_MAXLEN = 1000
 DEFAULT_RETENTION_S = 24 * 3600
 ENVELOPE_PREFIX = b"\x00ngh1 "
+#: the largest offset an envelope may carry: the largest integer a JavaScript number holds exactly
+MAX_OFFSET = 2**53 - 1
 _EPOCH = re.compile(r"[0-9a-f]{1,32}")
+# An offset of at most 16 digits without a leading zero, an epoch, and the data after a space.
+_ENVELOPE = re.compile(rb"\x00ngh1 ([1-9][0-9]{0,15}) ([0-9a-f]{1,32}) ")
 
 # KEYS: meta, stream. ARGV: channel, payload, maxlen, retention seconds, candidate epoch,
 # and the publish command: PUBLISH, or SPUBLISH on a cluster (the channel hashes to the slot
-# of its own keys, whose hash tag is the channel).
+# of its own keys, whose hash tag is the channel). A candidate epoch gateways would refuse
+# is an error here, where the producer sees it, not a silent drop in every gateway.
 PUBLISH_SCRIPT = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[5]
+  if #epoch > 32 or not string.match(epoch, '^[0-9a-f]+$') then
+    return redis.error_reply('ERR history epoch must be 1 to 32 lowercase hex digits')
+  end
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
 end
@@ -56,12 +71,28 @@ local envelope = '\\0ngh1 ' .. offset .. ' ' .. epoch .. ' ' .. ARGV[2]
 return {redis.call(ARGV[6] or 'PUBLISH', ARGV[1], envelope), offset, epoch}
 """
 
-# KEYS: meta, stream. ARGV: first stream id wanted ('' for none), most entries.
+# KEYS: meta, stream. ARGV: first stream id wanted ('' for none), most entries, most bytes of
+# data. Answers {meta, entries, over}: the entries are read in pages of 16 and given up as soon
+# as their data passes the byte limit (over = 1, no entries), so neither Redis nor the gateway
+# holds more than the limit and a page for one replay, however big the stream's messages are.
 # One script rather than MULTI: it runs the same on a single Redis and on a cluster.
 READ_SCRIPT = """
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
-if ARGV[1] == '' then return {meta, {}} end
-return {meta, redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])}
+if ARGV[1] == '' then return {meta, {}, 0} end
+local want, budget = tonumber(ARGV[2]), tonumber(ARGV[3])
+local entries, size, from = {}, 0, ARGV[1]
+while #entries < want do
+  local count = math.min(16, want - #entries)
+  local page = redis.call('XRANGE', KEYS[2], from, '+', 'COUNT', count)
+  for _, entry in ipairs(page) do
+    size = size + #entry[2][2]
+    if size > budget then return {meta, {}, 1} end
+    entries[#entries + 1] = entry
+  end
+  if #page < count then break end
+  from = '(' .. page[#page][1]
+end
+return {meta, entries, 0}
 """
 
 
@@ -76,22 +107,23 @@ class HistoryKeys:
         return cls(meta=f"{tag}:meta", stream=f"{tag}:stream")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Envelope:
-    offset: int
-    epoch: str
-    data: bytes
+#: ``(offset, epoch, data)`` of a history message: a plain tuple, the fan-out opens one
+#: per message (a dataclass would cost about 250 ns more each)
+Envelope = tuple[int, str, bytes]
 
 
 def open_envelope(payload: bytes) -> Envelope | None:
-    """The history envelope inside a published payload, or None for a plain message."""
-    if not payload.startswith(ENVELOPE_PREFIX):
+    """The history envelope of a payload that starts with :data:`ENVELOPE_PREFIX`.
+
+    None when the rest is not a valid envelope: the caller drops such a message.
+    """
+    found = _ENVELOPE.match(payload)
+    if found is None:
         return None
-    head, sep1, rest = payload[len(ENVELOPE_PREFIX) :].partition(b" ")
-    epoch, sep2, data = rest.partition(b" ")
-    if not (sep1 and sep2 and head.isdigit()):
+    offset = int(found[1])  # at most 16 digits: never near int()'s digit limit
+    if offset > MAX_OFFSET:
         return None
-    return Envelope(int(head), epoch.decode("ascii", "replace"), data)
+    return offset, found[2].decode(), payload[found.end() :]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -107,8 +139,8 @@ def position_problem(since: object) -> str | None:
     if not isinstance(since, dict):
         return "since must be an object {offset, epoch}"
     offset, epoch = since.get("offset"), since.get("epoch")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        return "since.offset must be a whole number >= 0"
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        return "since.offset must be a whole number from 0 to 2**53 - 1"
     if not isinstance(epoch, str) or not _EPOCH.fullmatch(epoch):
         return "since.epoch must be the epoch string the gateway sent"
     return None

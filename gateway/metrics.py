@@ -34,6 +34,7 @@ from prometheus_client.metrics_core import (
 )
 
 from gateway import __version__
+from gateway.admission import AdmissionControl
 from gateway.connection import ConnectionHandler
 from gateway.registry import Registry
 
@@ -118,9 +119,15 @@ class GatewayMetrics:
         self.close_codes["none" if code is None else str(code)] += 1
         self.connection_seconds.observe(duration_s)
 
-    def track(self, registry: Registry, handler: ConnectionHandler, subscriber: RedisLink) -> None:
+    def track(
+        self,
+        registry: Registry,
+        handler: ConnectionHandler,
+        subscriber: RedisLink,
+        admission: AdmissionControl,
+    ) -> None:
         """Expose the counters these objects keep, read at each scrape."""
-        self.registry.register(_StateCollector(self, registry, handler, subscriber))
+        self.registry.register(_StateCollector(self, registry, handler, subscriber, admission))
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""
@@ -136,11 +143,13 @@ class _StateCollector:
         registry: Registry,
         handler: ConnectionHandler,
         subscriber: RedisLink,
+        admission: AdmissionControl,
     ) -> None:
         self._metrics = metrics
         self._registry = registry
         self._handler = handler
         self._subscriber = subscriber
+        self._admission = admission
 
     def collect(self) -> Iterator[Metric]:
         registry, handler, subscriber = self._registry, self._handler, self._subscriber
@@ -170,6 +179,11 @@ class _StateCollector:
             "1 while the Redis pub/sub connection is up, else 0.",
             value=1 if subscriber.ready else 0,
         )
+        yield GaugeMetricFamily(
+            "notify_gateway_control_channel_refused",
+            "1 while Redis refuses to subscribe the control channel (retried; /readyz is 503).",
+            value=1 if registry.refused_internal else 0,
+        )
         if subscriber.ready and subscriber.ping_latency_s is not None:
             yield GaugeMetricFamily(
                 "notify_gateway_redis_ping_seconds",
@@ -186,13 +200,22 @@ class _StateCollector:
             "Message frames written to clients (one per message per subscriber).",
             value=registry.deliveries,
         )
-        dropped = CounterMetricFamily(
+        yield _labelled(
             "notify_gateway_dropped_messages",
             "Messages from Redis dropped instead of delivered, by reason.",
-            labels=("reason",),
+            "reason",
+            registry.dropped,
         )
-        dropped.add_metric(("oversized",), registry.messages_dropped)
-        yield dropped
+        yield GaugeMetricFamily(
+            "notify_gateway_admission_degraded",
+            "1 while Redis answers OOM to the admission counters (logins admitted uncounted).",
+            value=1 if self._admission.degraded is not None else 0,
+        )
+        yield CounterMetricFamily(
+            "notify_gateway_uncounted_admissions",
+            "Logins admitted without per-user counting because Redis answered OOM.",
+            value=self._admission.uncounted_admissions,
+        )
         yield CounterMetricFamily(
             "notify_gateway_slow_consumer_disconnects",
             "Clients closed with 4008 because their unsent bytes passed the buffer limit.",

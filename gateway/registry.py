@@ -8,9 +8,11 @@ which never block.
 
 Joining a channel has two steps so that nothing is lost or doubled between a
 subscription and a history read: :meth:`Registry.join` resolves once Redis has
-confirmed; from then on the channel's frames are buffered for the sink until
+confirmed; from then on the channel's frames are held for the sink until
 :meth:`Registry.activate` hands them over (minus those at or below a history
-offset the caller has already replayed) and makes the sink a live reader.
+offset the caller has already replayed) and makes the sink a live reader. What is
+held counts against the client's buffer limit: past it the sink overflows (4008),
+as a client that far behind on live traffic would.
 
 Fan-out works per batch: the Redis subscriber hands over every message that one
 read from the socket produced (:meth:`Registry.on_message`), then calls
@@ -19,12 +21,19 @@ batch holding all the frames for its channels.
 
 After the subscriber connection is re-established, a channel whose history
 position is known is recovered (``on_resubscribed`` reads what was missed and
-calls :meth:`Registry.finish_recovery`); any other channel gets a ``gap`` frame.
+calls :meth:`Registry.finish_recovery`); any other channel gets a ``gap`` frame, and
+so does a recovering channel whose live frames held meanwhile pass the buffer limit.
+
+A message the registry cannot deliver (oversized, a malformed history envelope, one
+that would move its channel's position backwards) is dropped, counted by reason in
+:attr:`Registry.dropped` and logged as ``message_dropped``, at most once a second per
+reason (:class:`DropLog`), so a flood of them cannot flood the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import heapq
 import time
@@ -36,8 +45,9 @@ import structlog
 
 from gateway.history import ENVELOPE_PREFIX, Position, open_envelope
 from gateway.protocol import gap_frame, message_frame_from, message_head
+from gateway.subscriber import Backoff
 
-__all__ = ["RedisCommands", "Registry", "Sink", "SubscriptionRefused"]
+__all__ = ["DropLog", "RedisCommands", "Registry", "Sink", "SubscriptionRefused"]
 
 log = structlog.get_logger("gateway.registry")
 
@@ -60,6 +70,9 @@ class Sink(Protocol):
     def subscription_refused(self, channel: str, message: str) -> None:
         """Redis refused a channel the client was reading (after a reconnect)."""
 
+    def overflow(self, buffered: int) -> None:
+        """More than the buffer limit is waiting for the client: it is closed (4008)."""
+
 
 class RedisCommands(Protocol):
     """The subscriber connection, as far as the registry drives it."""
@@ -79,6 +92,43 @@ def _after(frames: Buffered, cutoff: int | None) -> list[bytes]:
     return [f for offset, f in frames if cutoff is None or offset is None or offset > cutoff]
 
 
+class _Held:
+    """Frames held back for readers that are not live yet, and their size in bytes."""
+
+    __slots__ = ("frames", "size")
+
+    def __init__(self) -> None:
+        self.frames: Buffered = []
+        self.size = 0
+
+    def add(self, offset: int | None, frame: bytes) -> int:
+        """Hold one more frame; return the size now held."""
+        self.frames.append((offset, frame))
+        self.size += len(frame)
+        return self.size
+
+
+class DropLog:
+    """Which drops to log: the first of each reason, then at most one per ``interval_s``.
+
+    :meth:`allow` answers None for a drop to leave out of the log, else how many drops
+    of that reason were left out since the last one logged (the ``suppressed`` field).
+    """
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self._interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: collections.Counter[str] = collections.Counter()
+
+    def allow(self, reason: str, now: float) -> int | None:
+        last = self._last.get(reason)
+        if last is not None and now - last < self._interval_s:
+            self._suppressed[reason] += 1
+            return None
+        self._last[reason] = now
+        return self._suppressed.pop(reason, 0)
+
+
 class Registry:
     """Who reads which channel, and the Redis subscription state behind it."""
 
@@ -87,23 +137,33 @@ class Registry:
         internal: dict[str, Callable[[bytes], None]] | None = None,
         *,
         max_message_bytes: int = 1024 * 1024,
+        max_held_bytes: int = 1024 * 1024,
         on_resubscribed: Callable[[str, Position], None] | None = None,
         observe_fanout: Callable[[float], None] | None = None,
     ) -> None:
         # Gateway-to-gateway channels, always subscribed, handled here, never fanned out.
         self._internal = {name.encode(): handler for name, handler in (internal or {}).items()}
         self._max_message_bytes = max_message_bytes
+        # Frames held per joining sink or recovering channel: the client buffer limit.
+        self._max_held_bytes = max_held_bytes
         self._on_resubscribed = on_resubscribed
         # Called once per batch with the seconds from its first message to its last write.
         self._observe_fanout = observe_fanout
         self._active: dict[str, set[Sink]] = {}  # live readers
         self._waiting: dict[str, dict[Sink, asyncio.Future[None]]] = {}  # Redis not confirmed
-        self._joining: dict[str, dict[Sink, Buffered]] = {}  # confirmed, not activated
-        self._recovering: dict[str, Buffered] = {}  # whole channel, after a reconnect
+        self._joining: dict[str, dict[Sink, _Held]] = {}  # confirmed, not activated
+        self._recovering: dict[str, _Held] = {}  # whole channel, after a reconnect
         self._state: dict[str, _State] = {}
+        #: internal channels Redis refused, with its answer; each is retried after a backoff
+        self.refused_internal: dict[str, str] = {}
+        self._internal_backoff: dict[str, Backoff] = {}
+        self._retries: dict[str, asyncio.TimerHandle] = {}
         self._redis: RedisCommands | None = None
         self._gap: set[str] = set()
-        self._positions: dict[str, Position] = {}  # last history offset seen per channel
+        # Last history position seen per channel, (offset, epoch): a plain tuple, set per message.
+        self._positions: dict[str, tuple[int, str]] = {}
+        # Positions read at subscribe time, for channels no message has passed through yet.
+        self._noted: dict[str, Position] = {}
         # Frames per channel of the batch being read: one frame (the usual case of a
         # channel that got one message) or a list of them.
         self._batch: dict[str, bytes | list[bytes]] = {}
@@ -115,7 +175,9 @@ class Registry:
         self._reads: dict[Sink, int] = {}
         self._multi: set[Sink] = set()
         self.messages_received = 0
-        self.messages_dropped = 0
+        #: messages dropped instead of delivered, by reason (docs/metrics.md lists them)
+        self.dropped: collections.Counter[str] = collections.Counter()
+        self._drop_log = DropLog()
         self.deliveries = 0
 
     # -- queries -----------------------------------------------------------
@@ -126,6 +188,11 @@ class Registry:
 
     def _clients_channels(self) -> set[str]:
         return self._active.keys() | self._waiting.keys() | self._joining.keys()
+
+    @property
+    def messages_dropped(self) -> int:
+        """Messages dropped for any reason."""
+        return self.dropped.total()
 
     @property
     def channel_count(self) -> int:
@@ -170,7 +237,7 @@ class Registry:
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._state.get(channel) is _State.SUBSCRIBED:
-            self._joining.setdefault(channel, {})[sink] = []
+            self._joining.setdefault(channel, {})[sink] = _Held()
             future.set_result(None)
             return future
         self._waiting.setdefault(channel, {})[sink] = future
@@ -183,16 +250,16 @@ class Registry:
 
         Frames of history messages at or below ``cutoff`` (already replayed) are left out.
         """
-        frames = self._joining.get(channel, {}).pop(sink, None)
+        held = self._joining.get(channel, {}).pop(sink, None)
         if not self._joining.get(channel, True):
             del self._joining[channel]
-        if frames is None:
-            return b""  # left, or refused, in the meantime
+        if held is None:
+            return b""  # left, refused or overflowed in the meantime
         readers = self._active.setdefault(channel, set())
         if sink not in readers:
             readers.add(sink)
             self._count(sink, 1)
-        return b"".join(_after(frames, cutoff))
+        return b"".join(_after(held.frames, cutoff))
 
     def _count(self, sink: Sink, change: int) -> None:
         """Keep :attr:`_reads` and :attr:`_multi` in step with the live reader sets."""
@@ -210,8 +277,10 @@ class Registry:
         """A history position read at subscribe time, until messages bring newer ones.
 
         It lets a channel that has carried no message yet be recovered after a reconnect.
+        It is no reference for the order of messages: those published before the read may
+        still be on their way.
         """
-        self._positions.setdefault(channel, position)
+        self._noted.setdefault(channel, position)
 
     def leave(self, sink: Sink, channels: Iterable[str]) -> None:
         """Remove ``sink`` from ``channels``; Redis unsubscribes each one nobody reads."""
@@ -258,6 +327,9 @@ class Registry:
     def on_disconnected(self) -> None:
         """The subscriber connection is gone: every channel read may miss messages."""
         self._redis = None
+        for retry in self._retries.values():  # the next connection subscribes them anyway
+            retry.cancel()
+        self._retries.clear()
         self._batch.clear()
         self._recovering.clear()
         self._gap.update(self._active.keys() | self._joining.keys())
@@ -289,20 +361,24 @@ class Registry:
             return
         self._state[channel] = _State.SUBSCRIBED
         if channel.encode() in self._internal:
+            if self.refused_internal.pop(channel, None) is not None:
+                self._internal_backoff.pop(channel, None)
+                log.info("internal_channel_subscribed", channel=channel)
             return
         if channel in self._gap:
             self._gap.discard(channel)
-            for frames in self._joining.get(channel, {}).values():
-                frames.append((None, gap_frame(channel)))  # joined before the drop
-            position = self._positions.get(channel)
+            for held in self._joining.get(channel, {}).values():
+                held.add(None, gap_frame(channel))  # joined before the drop
+            seen = self._positions.get(channel)
+            position = Position(*seen) if seen is not None else self._noted.get(channel)
             if position is not None and self._on_resubscribed is not None:
-                self._recovering[channel] = []
+                self._recovering[channel] = _Held()
                 self._on_resubscribed(channel, position)
             else:
                 self._send_gap(channel)
         joining = self._joining.setdefault(channel, {})
         for sink, future in self._waiting.pop(channel, {}).items():
-            joining[sink] = []
+            joining[sink] = _Held()
             if not future.done():
                 future.set_result(None)
 
@@ -311,24 +387,26 @@ class Registry:
         for sink in self._active.get(channel, ()):
             sink.send(frame)
 
-    def finish_recovery(self, channel: str, replay: Sequence[bytes] | None, cutoff: int) -> None:
+    def finish_recovery(self, channel: str, replay: Sequence[bytes] | None, cutoff: int) -> bool:
         """Deliver what a re-subscribed channel missed, then what arrived meanwhile.
 
         ``replay`` holds the missed frames up to offset ``cutoff``; None means they could
-        not be recovered, and the readers get a ``gap`` frame instead.
+        not be recovered, and the readers get a ``gap`` frame instead. False when the
+        recovery was over already (the connection dropped again, or a gap was sent).
         """
-        buffered = self._recovering.pop(channel, None)
-        if buffered is None:
-            return  # the connection dropped again; a new recovery follows
+        held = self._recovering.pop(channel, None)
+        if held is None:
+            return False
         if replay is None:
             self._send_gap(channel)
-            chunk = b"".join(frame for _, frame in buffered)
+            chunk = b"".join(frame for _, frame in held.frames)
         else:
-            chunk = b"".join([*replay, *_after(buffered, cutoff)])
+            chunk = b"".join([*replay, *_after(held.frames, cutoff)])
         readers = self._active.get(channel, ())
         if chunk:
             for sink in readers:
                 sink.send(chunk)
+        return True
 
     def on_unsubscribed(self, channel: str) -> None:
         if self._wanted(channel):
@@ -339,13 +417,32 @@ class Registry:
         else:
             self._state.pop(channel, None)
             self._positions.pop(channel, None)
+            self._noted.pop(channel, None)
             self._names.pop(channel.encode(), None)
 
     def on_subscribe_refused(self, channels: list[str], message: str) -> None:
-        """Redis answered SUBSCRIBE with an error (an ACL without the channel, say)."""
+        """Redis answered SUBSCRIBE with an error (an ACL without the channel, say).
+
+        Redis refuses a whole command when one of its channels is denied (NOPERM), so a
+        refused command of several channels is sent again one channel at a time: only
+        the denied ones end up refused. An internal channel is never given up: it is
+        subscribed again after a backoff, and :attr:`refused_internal` says so meanwhile.
+        """
+        if len(channels) > 1:
+            for channel in channels:
+                if not self._wanted(channel):
+                    self._state.pop(channel, None)
+                elif self._state.get(channel) is _State.SUBSCRIBING and self._redis is not None:
+                    self._redis.subscribe([channel])
+            return
         for channel in channels:
             self._state.pop(channel, None)
+            if channel.encode() in self._internal:
+                self._internal_refused(channel, message)
+                continue
             self._gap.discard(channel)
+            self._positions.pop(channel, None)
+            self._noted.pop(channel, None)
             for future in self._waiting.pop(channel, {}).values():
                 if not future.done():
                     future.set_exception(SubscriptionRefused(message))
@@ -354,6 +451,23 @@ class Registry:
                 self._count(sink, -1)
             for sink in active | set(self._joining.pop(channel, {})):
                 sink.subscription_refused(channel, message)
+
+    def _internal_refused(self, channel: str, message: str) -> None:
+        self.refused_internal[channel] = message
+        delay = self._internal_backoff.setdefault(channel, Backoff(base_s=0.5)).next_delay()
+        log.error(
+            "internal_channel_refused",
+            channel=channel,
+            error=message[:200],
+            retry_in_s=round(delay, 3),
+        )
+        loop = asyncio.get_running_loop()
+        self._retries[channel] = loop.call_later(delay, self._retry_internal, channel)
+
+    def _retry_internal(self, channel: str) -> None:
+        self._retries.pop(channel, None)
+        if channel not in self._state and self._redis is not None:
+            self._request(channel)
 
     def on_message(self, channel: bytes, payload: bytes) -> None:
         """Frame one message into the current batch; sent by :meth:`flush`.
@@ -372,23 +486,47 @@ class Registry:
         self.messages_received += 1
         name, head = named
         if len(payload) > self._max_message_bytes:
-            self.messages_dropped += 1
-            log.warning(
-                "message_dropped",
-                reason="oversized",
-                channel=name,
-                size_bytes=len(payload),
-                limit_bytes=self._max_message_bytes,
-            )
+            if (suppressed := self._dropped("oversized")) is not None:
+                log.warning(
+                    "message_dropped",
+                    reason="oversized",
+                    channel=name,
+                    size_bytes=len(payload),
+                    limit_bytes=self._max_message_bytes,
+                    suppressed=suppressed,
+                )
             return
         offset: int | None = None
-        envelope = open_envelope(payload) if payload[:1] == _ENVELOPE_FIRST else None
-        if envelope is None:
-            frame = message_frame_from(head, payload)
+        if payload[:1] == _ENVELOPE_FIRST and payload.startswith(ENVELOPE_PREFIX):
+            envelope = open_envelope(payload)
+            if envelope is None:
+                if (suppressed := self._dropped("bad_envelope")) is not None:
+                    log.warning(
+                        "message_dropped",
+                        reason="bad_envelope",
+                        channel=name,
+                        size_bytes=len(payload),
+                        suppressed=suppressed,
+                    )
+                return
+            offset, epoch, data = envelope
+            known = self._positions.get(name)
+            if known is not None and known[1] == epoch and offset <= known[0]:
+                # Redis delivers a stream's offsets in order: this one is forged or replayed.
+                if (suppressed := self._dropped("stale_offset")) is not None:
+                    log.warning(
+                        "message_dropped",
+                        reason="stale_offset",
+                        channel=name,
+                        offset=offset,
+                        position=known[0],
+                        suppressed=suppressed,
+                    )
+                return
+            self._positions[name] = (offset, epoch)
+            frame = message_frame_from(head, data, offset, epoch)
         else:
-            offset = envelope.offset
-            self._positions[name] = Position(offset, envelope.epoch)
-            frame = message_frame_from(head, envelope.data, offset, envelope.epoch)
+            frame = message_frame_from(head, payload)
         if (self._joining or self._recovering) and self._set_aside(name, offset, frame):
             return
         batch = self._batch
@@ -403,17 +541,40 @@ class Registry:
             else:
                 batch[name] = [queued, frame]
 
+    def message_failed(self, channel: bytes, error: Exception) -> None:
+        """Handling one message raised (a bug): it is dropped, the link and the batch go on."""
+        if (suppressed := self._dropped("error")) is not None:
+            log.error(
+                "message_dropped",
+                reason="error",
+                channel=channel.decode("utf-8", "replace"),
+                error=repr(error)[:200],
+                suppressed=suppressed,
+            )
+
+    def _dropped(self, reason: str) -> int | None:
+        """Count a drop; None to leave it out of the log, else the drops left out before it."""
+        self.dropped[reason] += 1
+        return self._drop_log.allow(reason, time.monotonic())
+
     def _set_aside(self, name: str, offset: int | None, frame: bytes) -> bool:
-        """Buffer a frame for joining readers; True when the channel is recovering (not live)."""
+        """Hold a frame for joining readers; True when the channel is recovering (not live)."""
+        limit = self._max_held_bytes
         joining = self._joining.get(name)
         if joining:
-            for frames in joining.values():
-                frames.append((offset, frame))
+            for sink in [s for s, held in joining.items() if held.add(offset, frame) > limit]:
+                size = joining.pop(sink).size
+                sink.overflow(size)  # as if the frames had been written: 4008
+            if not joining:
+                del self._joining[name]
         recovering = self._recovering.get(name)
-        if recovering is not None:
-            recovering.append((offset, frame))
-            return True
-        return False
+        if recovering is None:
+            return False
+        if recovering.add(offset, frame) > limit:
+            # The replay would come too late to be of use: a gap now, live from here on.
+            log.info("channel_gap", channel=name, reason="held_bytes")
+            self.finish_recovery(name, None, 0)
+        return True
 
     def flush(self) -> None:
         """Write the batch: one write per sink, however many frames it holds."""

@@ -38,7 +38,7 @@ from gateway.protocol import CloseCode
 from gateway.recovery import HistoryReader, Recoverer
 from gateway.redis_client import AnyRedis, async_cluster, async_redis, raise_if_cancelled
 from gateway.registry import Registry
-from gateway.status import status_report
+from gateway.status import readiness, status_report
 from gateway.subscriber import Backoff, Subscriber
 from gateway.websocket import WebSocketOptions, WebSocketServer
 
@@ -85,6 +85,7 @@ class Gateway:
         self.registry = Registry(
             {CONTROL_CHANNEL: self._on_control},
             max_message_bytes=settings.limits.max_message_bytes,
+            max_held_bytes=settings.limits.max_buffer_bytes,
             on_resubscribed=self._on_resubscribed,
             observe_fanout=self.metrics.fanout_seconds.observe,
         )
@@ -107,21 +108,24 @@ class Gateway:
                 ping_interval_s=settings.redis_ping_s,
                 ping_timeout_s=settings.redis_ping_timeout_s,
             )
-        self.history = HistoryReader(self.redis, settings.history_prefix, settings.max_replay)
+        self.history = HistoryReader(
+            self.redis, settings.history_prefix, settings.max_replay, settings.max_replay_bytes
+        )
         self.recoverer = Recoverer(self.history, self.registry.finish_recovery)
+        self.admission = AdmissionControl(
+            self.redis, settings.admission, lease_s=max(10.0, 3 * settings.session_recheck_s)
+        )
         self.handler = ConnectionHandler(
             settings,
             self.registry,
             self.subscriber,
             SessionStore(self.redis, settings.session_prefix, settings.limits),
-            AdmissionControl(
-                self.redis, settings.admission, lease_s=max(10.0, 3 * settings.session_recheck_s)
-            ),
+            self.admission,
             self.history,
             respond=Router(self._routes()),
             on_closed=self.metrics.connection_closed,
         )
-        self.metrics.track(self.registry, self.handler, self.subscriber)
+        self.metrics.track(self.registry, self.handler, self.subscriber, self.admission)
         self._server: WebSocketServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
@@ -151,11 +155,12 @@ class Gateway:
             return text_response(HTTPStatus.OK, "ok\n")
 
         def readyz(_request: HttpRequest) -> Response:
-            if self.subscriber.ready:
-                return text_response(HTTPStatus.OK, "ready\n")
-            return text_response(
-                HTTPStatus.SERVICE_UNAVAILABLE, "Redis subscriber connection is down\n"
+            ready, why = readiness(
+                self.subscriber.ready,
+                self.registry.refused_internal,
+                self.admission.degraded is not None,
             )
+            return text_response(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, why)
 
         def metrics(_request: HttpRequest) -> Response:
             return bytes_response(HTTPStatus.OK, self.metrics.exposition(), CONTENT_TYPE)
@@ -166,6 +171,7 @@ class Gateway:
                 self.registry,
                 self.handler,
                 self.subscriber,
+                self.admission,
                 started_at=self._started_at.isoformat(timespec="seconds"),
                 uptime_s=time.monotonic() - self._started,
             )

@@ -1,17 +1,19 @@
-"""The ``GET /status`` report: what one gateway is doing, as JSON for humans and scripts."""
+"""The ``GET /status`` report and the ``GET /readyz`` verdict of one gateway."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from gateway import __version__
+from gateway.admission import OOM_FIX, AdmissionControl
 from gateway.config import GatewaySettings
 from gateway.connection import ConnectionHandler
 from gateway.metrics import RedisLink
 from gateway.registry import Registry
 
-__all__ = ["TOP_CHANNELS", "status_report"]
+__all__ = ["TOP_CHANNELS", "readiness", "status_report"]
 
 #: how many channels the report lists (the busiest); bounds its size and cost
 TOP_CHANNELS = 10
@@ -22,6 +24,7 @@ def status_report(
     registry: Registry,
     handler: ConnectionHandler,
     subscriber: RedisLink,
+    counters: AdmissionControl,
     *,
     started_at: str,
     uptime_s: float,
@@ -38,6 +41,12 @@ def status_report(
             "url": settings.redis.url(),  # password masked
             "ping_ms": None if latency is None else round(latency * 1000, 3),
             "reconnects": subscriber.reconnects,
+            "refused_internal_channels": dict(registry.refused_internal),
+        },
+        "admission": {
+            "degraded": counters.degraded is not None,
+            "error": counters.degraded,
+            "uncounted_admissions": counters.uncounted_admissions,
         },
         "sockets": handler.sockets,
         "connections": handler.connections,
@@ -47,6 +56,7 @@ def status_report(
             "received": registry.messages_received,
             "delivered": registry.deliveries,
             "dropped": registry.messages_dropped,
+            "dropped_by_reason": dict(sorted(registry.dropped.items())),
         },
         "top_channels": [
             {"channel": channel, "subscribers": count}
@@ -59,8 +69,34 @@ def status_report(
             "max_attempts_per_user": admission.max_attempts_per_user,
             "max_attempts_per_ip": admission.max_attempts_per_ip,
             "max_replay": settings.max_replay,
+            "max_replay_bytes": settings.max_replay_bytes,
             "auth_timeout_s": settings.auth_timeout_s,
             "handshake_timeout_s": settings.handshake_timeout_s,
             "heartbeat_s": settings.heartbeat_s,
         },
     }
+
+
+def readiness(
+    link_up: bool, refused_internal: Mapping[str, str], admission_degraded: bool
+) -> tuple[bool, str]:
+    """Whether the gateway should take traffic (``/readyz``), and the body saying why.
+
+    Degraded admission stays ready: every instance shares the Redis that is full, so
+    taking them out of the load balancer would refuse every client, where degraded
+    admission still serves them (docs/redis.md).
+    """
+    if not link_up:
+        return False, "Redis subscriber connection is down\n"
+    if refused_internal:
+        names = ", ".join(sorted(refused_internal))
+        return False, (
+            f"Redis refuses to subscribe {names} (retried): revocations do not reach this "
+            "gateway; allow the channel to the gateway's ACL user (docs/redis.md)\n"
+        )
+    if admission_degraded:
+        return True, (
+            "ready, degraded: Redis answers OOM to the admission counters, logins are admitted "
+            f"without per-user and per-address limits. {OOM_FIX}\n"
+        )
+    return True, "ready\n"

@@ -3,7 +3,9 @@
 :class:`PubSubProtocol` is a lean asyncio protocol over a hiredis reader: every
 chunk read from the socket is parsed into replies, messages go to the registry,
 and the registry's batch is flushed at the end of the chunk, so fan-out is
-batched exactly as Redis delivers.
+batched exactly as Redis delivers. An exception while handling one reply costs that
+reply only (the registry counts the message as dropped): nothing a producer publishes
+can break the link.
 
 :class:`Subscriber` owns the connection's life: connect (TLS and AUTH included),
 re-subscribe every wanted channel in one command, send its own PING on the
@@ -41,6 +43,8 @@ class PubSubListener(Protocol):
     """Where a pub/sub connection reports: the registry, or a cluster node standing for it."""
 
     def on_message(self, channel: bytes, payload: bytes) -> None: ...
+
+    def message_failed(self, channel: bytes, error: Exception) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -125,15 +129,28 @@ class PubSubProtocol(asyncio.Protocol):
             for start in range(0, size, _FEED_BYTES):
                 feed(data, start, min(_FEED_BYTES, size - start))
                 while (reply := gets()) is not False:
-                    if type(reply) is list and reply[0] == message:
-                        on_message(reply[1], reply[2])
-                    else:
-                        self._on_reply(reply)
+                    # A try costs nothing until it catches (Python 3.11): one per reply.
+                    try:
+                        if type(reply) is list and reply[0] == message:
+                            on_message(reply[1], reply[2])
+                        else:
+                            self._on_reply(reply)
+                    except Exception as exc:  # a bug: it must cost one reply, not the link
+                        self._failed(reply, exc)
         except hiredis.ProtocolError:
             log.error("redis_protocol_error")
             self.abort()
         finally:
-            registry.flush()
+            try:
+                registry.flush()
+            except Exception as exc:  # a bug in the fan-out: keep the link all the same
+                log.error("redis_reply_failed", error=repr(exc)[:200])
+
+    def _failed(self, reply: Any, exc: Exception) -> None:
+        if type(reply) is list and reply and reply[0] == self._message:
+            self._registry.message_failed(reply[1], exc)
+        else:
+            log.error("redis_reply_failed", error=repr(exc)[:200])
 
     def _on_reply(self, reply: Any) -> None:
         subscribed = self._confirmations[0]

@@ -198,3 +198,42 @@ async def test_publisher_library_on_a_cluster(
             sync.close()
         if aio is not None:
             await aio.close()
+
+
+async def test_a_denied_channel_costs_only_that_channel_on_its_shard(
+    cluster: RedisClusterProcesses, client: RedisCluster, gateway_factory: MakeGateway
+) -> None:
+    """Two channels of one slot go in one SSUBSCRIBE: Redis refuses it whole (issue 13)."""
+    slots = {client.keyslot(f"public:ok-{i}"): f"public:ok-{i}" for i in range(3000)}
+    denied = next(
+        f"public:denied-{j}" for j in range(3000) if client.keyslot(f"public:denied-{j}") in slots
+    )
+    allowed = slots[client.keyslot(denied)]
+    everything = ["on", ">pw", "~*", "&*", "+@all"]
+    for node in cluster.masters():  # ACLs are per node
+        cluster.cli(node.port, "ACL", "SETUSER", "acl-gateway", "reset", *everything)
+    try:
+        url = f"redis://acl-gateway:pw@127.0.0.1:{cluster.nodes[0].port}/0"
+        gateway = await gateway_factory(url, REDIS_CLUSTER="true")
+        ws = await subscribed(ws_url(gateway), await session(client, "acl"), [allowed, denied])
+        for node in cluster.masters():  # disconnects the node's subscriber: it re-subscribes
+            cluster.cli(
+                node.port, "ACL", "SETUSER", "acl-gateway", "resetchannels",
+                "&public:ok-*", f"&{CONTROL_CHANNEL}",
+            )  # fmt: skip
+        frames = [await recv_json(ws, timeout_s=10) for _ in range(2)]
+        assert {"type": "gap", "channel": allowed} in frames
+        (refused,) = [f for f in frames if f["type"] == "error"]
+        assert (refused["code"], repr(denied) in refused["message"]) == ("unavailable", True)
+
+        async def resubscribed() -> bool:
+            return allowed in set().union(*map(cluster.shard_channels, cluster.masters()))
+
+        await wait_until(resubscribed, timeout_s=10)
+        assert await client.spublish(allowed, '"still allowed"') == 1
+        assert (await recv_json(ws))["data"] == "still allowed"
+        await ws.close()
+        await gateway.stop()  # before its user goes
+    finally:
+        for node in cluster.masters():
+            cluster.cli(node.port, "ACL", "DELUSER", "acl-gateway")

@@ -128,6 +128,16 @@ def test_bad_admin_token_is_named_and_never_echoed(value: str, fix: str) -> None
     assert value not in str(info.value)
 
 
+def test_the_replay_byte_limit_follows_the_buffer_limit_and_stays_within_it() -> None:
+    assert load_settings({}).max_replay_bytes == 1024 * 1024
+    assert load_settings({"GATEWAY_MAX_BUFFER_BYTES": "65536"}).max_replay_bytes == 65536
+    assert load_settings({"GATEWAY_MAX_REPLAY_BYTES": "200000"}).max_replay_bytes == 200_000
+    with pytest.raises(ConfigError, match="GATEWAY_MAX_REPLAY_BYTES=2000000 is more than"):
+        load_settings({"GATEWAY_MAX_REPLAY_BYTES": "2000000"})
+    with pytest.raises(ConfigError, match="GATEWAY_MAX_REPLAY_BYTES"):
+        load_settings({"GATEWAY_MAX_REPLAY_BYTES": "12"})
+
+
 README = ROOT / "README.md"
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 from websockets.asyncio.client import ClientConnection
 
+from gateway.history import PUBLISH_SCRIPT, HistoryKeys
 from gateway.server import Gateway
 from tests.conftest import MakeGateway, MakeSession, ws_url
-from tests.support.history import publish_with_history
+from tests.support.history import PREFIX, publish_with_history
 from tests.support.ws import connect_authed, recv_json, request
 
 
@@ -171,3 +174,70 @@ async def test_quiet_history_channel_is_recovered_after_a_subscriber_reconnect(
         await publish_with_history(redis, "public:h8", "2")  # may fall into the outage
         frame = await recv_json(ws)
         assert (frame["type"], frame.get("offset")) == ("message", 2)  # replayed, not a gap
+
+
+async def test_a_forged_envelope_cannot_rewind_a_channel_or_replay_it_twice(
+    gateway: Gateway, make_session: MakeSession, redis: Redis
+) -> None:
+    """A plain PUBLISH of an envelope with a known epoch and an old offset (issue 13)."""
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("9"))
+    async with ws:
+        await subscribe(ws, "public:h9")
+        for n in range(1, 6):
+            _, _, epoch = await publish_with_history(redis, "public:h9", str(n))
+            assert (await recv_json(ws))["offset"] == n
+        for forged in (1, 5):  # behind the position, and at it (a duplicate)
+            envelope = b'\x00ngh1 %d %s {"forged":true}' % (forged, epoch.encode())
+            await redis.publish("public:h9", envelope)
+        await redis.client_kill_filter(_type="pubsub")
+        await publish_with_history(redis, "public:h9", "6")  # may fall into the outage
+        frame = await recv_json(ws)
+        assert (frame["offset"], frame["data"]) == (6, 6)  # recovered from 5, not from 1
+        assert await request(ws, {"type": "ping"}) == {"type": "pong"}  # no 2-5 again
+    assert gateway.registry.dropped["stale_offset"] == 2
+
+
+async def test_the_history_script_refuses_an_epoch_gateways_would_drop(redis: Redis) -> None:
+    keys = HistoryKeys.for_channel(PREFIX, "public:h10")
+    with pytest.raises(ResponseError, match="epoch must be 1 to 32 lowercase hex digits"):
+        await redis.eval(
+            PUBLISH_SCRIPT, 2, keys.meta, keys.stream, "public:h10", "1", 10, 60, 'ab"},"x'
+        )
+    assert await redis.exists(keys.meta, keys.stream) == 0
+
+
+async def test_a_replay_larger_than_the_replay_byte_limit_is_not_recovered(
+    gateway_factory: MakeGateway, make_session: MakeSession, redis: Redis
+) -> None:
+    """Issue 13: 1000 x 100 KB and since offset 0 took 200 MB of gateway memory for one request."""
+    gateway = await gateway_factory(GATEWAY_MAX_REPLAY_BYTES="400000")
+    for _ in range(10):
+        _, _, epoch = await publish_with_history(redis, "public:h11", b'"%s"' % (b"x" * 99_000))
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("11"))
+    async with ws:
+        whole = await subscribe(ws, "public:h11", offset=0, epoch=epoch)  # ~1 MB missed
+        assert (whole["recovered"], whole["offset"]) == (False, 10)
+        assert await request(ws, {"type": "ping"}) == {"type": "pong"}  # no replay follows
+        await request(ws, {"type": "unsubscribe", "channel": "public:h11"})
+        tail = await subscribe(ws, "public:h11", offset=7, epoch=epoch)  # ~300 KB: fits
+        assert (tail["recovered"], tail["offset"]) == (True, 10)
+        assert [(await recv_json(ws))["offset"] for _ in range(3)] == [8, 9, 10]
+
+
+async def test_many_channels_are_recovered_a_few_at_a_time_none_forgotten(
+    gateway: Gateway, make_session: MakeSession, redis: Redis
+) -> None:
+    channels = [f"public:many-{n}" for n in range(12)]  # three times the replays read at once
+    for channel in channels:
+        await publish_with_history(redis, channel, "1")
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("12"))
+    async with ws:
+        for channel in channels:
+            await subscribe(ws, channel)
+        await redis.client_kill_filter(_type="pubsub")
+        for channel in channels:
+            await publish_with_history(redis, channel, "2")  # some fall into the outage
+        frames = [await recv_json(ws, timeout_s=10) for _ in channels]
+        assert sorted((f["type"], f["channel"], f["offset"]) for f in frames) == sorted(
+            ("message", channel, 2) for channel in channels
+        )

@@ -12,19 +12,23 @@ import orjson
 import pytest
 
 from gateway.history import Position
-from gateway.registry import Registry, SubscriptionRefused
+from gateway.registry import DropLog, Registry, SubscriptionRefused
 
 
 class RecordingSink:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
         self.refused: list[str] = []
+        self.overflowed: list[int] = []
 
     def send(self, data: bytes) -> None:
         self.writes.append(data)
 
     def subscription_refused(self, channel: str, message: str) -> None:
         self.refused.append(channel)
+
+    def overflow(self, buffered: int) -> None:
+        self.overflowed.append(buffered)
 
     def frames(self) -> list[dict[str, object]]:
         return frames_of(b"".join(self.writes))
@@ -209,15 +213,15 @@ async def test_history_channels_are_recovered_instead_of_gapped() -> None:
     registry, _ = setup(on_resubscribed=lambda c, p: started.append((c, p)))
     a = RecordingSink()
     await live(registry, a, "h")
-    registry.on_message(b"h", b"\x00ngh1 7 ep 7")
+    registry.on_message(b"h", b"\x00ngh1 7 e0 7")
     registry.flush()
     a.writes.clear()
     registry.on_disconnected()
     registry.on_connected(RecordingRedis())
     registry.on_subscribed("h")
-    assert started == [("h", Position(7, "ep"))]
-    registry.on_message(b"h", b"\x00ngh1 9 ep 9")  # live, while the replay is read
-    registry.on_message(b"h", b"\x00ngh1 10 ep 10")
+    assert started == [("h", Position(7, "e0"))]
+    registry.on_message(b"h", b"\x00ngh1 9 e0 9")  # live, while the replay is read
+    registry.on_message(b"h", b"\x00ngh1 10 e0 10")
     registry.flush()
     assert a.writes == []
     replay = [b"\x81\x018", b"\x81\x019"]  # frames of offsets 8 and 9, as the reader builds
@@ -225,7 +229,7 @@ async def test_history_channels_are_recovered_instead_of_gapped() -> None:
     assert a.frames() == [
         8,
         9,
-        {"type": "message", "channel": "h", "data": 10, "offset": 10, "epoch": "ep"},
+        {"type": "message", "channel": "h", "data": 10, "offset": 10, "epoch": "e0"},
     ]
 
 
@@ -233,13 +237,13 @@ async def test_unrecoverable_history_falls_back_to_a_gap() -> None:
     registry, _ = setup(on_resubscribed=lambda c, p: None)
     a = RecordingSink()
     await live(registry, a, "h")
-    registry.on_message(b"h", b"\x00ngh1 1 ep 1")
+    registry.on_message(b"h", b"\x00ngh1 1 e0 1")
     registry.flush()
     a.writes.clear()
     registry.on_disconnected()
     registry.on_connected(RecordingRedis())
     registry.on_subscribed("h")
-    registry.on_message(b"h", b"\x00ngh1 5 ep 5")
+    registry.on_message(b"h", b"\x00ngh1 5 e0 5")
     registry.finish_recovery("h", None, cutoff=1)
     assert [f["type"] for f in a.frames()] == ["gap", "message"]
 
@@ -283,3 +287,102 @@ async def test_scrape_time_counts_and_top_channels() -> None:
     # The internal channel has no subscribers: it is not listed.
     assert registry.top_channels(10) == [("busy", 3), ("pending", 1), ("quiet", 1)]
     pending.cancel()
+
+
+async def test_a_history_position_moves_forward_only_within_its_epoch() -> None:
+    registry, _ = setup()
+    a = RecordingSink()
+    await live(registry, a, "h")
+    for offset in (5, 5, 2, 6):
+        registry.on_message(b"h", b"\x00ngh1 %d e0 %d" % (offset, offset))
+    registry.on_message(b"h", b"\x00ngh1 1 e1 1")  # a new epoch: the stream was recreated
+    registry.flush()
+    assert [(f["offset"], f["epoch"]) for f in a.frames()] == [(5, "e0"), (6, "e0"), (1, "e1")]
+    assert registry.dropped == {"stale_offset": 2}
+    assert registry.messages_dropped == 2
+
+
+def test_drop_log_lets_one_line_a_second_through_per_reason_and_counts_the_rest() -> None:
+    drops = DropLog(interval_s=1.0)
+    assert drops.allow("bad_envelope", now=10.0) == 0
+    assert drops.allow("bad_envelope", now=10.5) is None
+    assert drops.allow("oversized", now=10.6) == 0  # each reason has its own budget
+    assert drops.allow("bad_envelope", now=10.9) is None
+    assert drops.allow("bad_envelope", now=11.0) == 2  # two left out since the last line
+    assert drops.allow("bad_envelope", now=11.1) is None
+
+
+async def test_a_refused_subscribe_of_several_channels_is_asked_again_one_by_one() -> None:
+    registry, _ = setup(internal={"control": lambda _payload: None})
+    a, b = RecordingSink(), RecordingSink()
+    await live(registry, a, "allowed")
+    await live(registry, b, "denied")
+    registry.on_disconnected()
+    fresh = RecordingRedis()
+    registry.on_connected(fresh)
+    assert fresh.commands == [("SUBSCRIBE", ["allowed", "control", "denied"])]
+    registry.on_subscribe_refused(["allowed", "control", "denied"], "NOPERM one of the channels")
+    assert fresh.commands[1:] == [("SUBSCRIBE", [c]) for c in ("allowed", "control", "denied")]
+    assert (a.refused, b.refused) == ([], [])  # nobody is told anything yet
+    registry.on_subscribed("allowed")
+    registry.on_subscribed("control")
+    registry.on_subscribe_refused(["denied"], "NOPERM denied")
+    assert (a.refused, b.refused) == ([], ["denied"])
+    assert registry.refused_internal == {}
+    assert registry.redis_channel_count == 2
+
+
+async def test_a_refused_internal_channel_is_kept_and_reported_until_subscribed() -> None:
+    registry, redis = setup(internal={"control": lambda _payload: None})
+    registry.on_subscribe_refused(["control"], "NOPERM control")
+    assert registry.refused_internal == {"control": "NOPERM control"}
+    assert "control" in registry.internal_channels
+    registry.on_subscribed("control")  # the retry (after a backoff) went through
+    assert registry.refused_internal == {}
+    assert registry.redis_channel_count == 1
+    assert redis.commands == [("SUBSCRIBE", ["control"])]
+
+
+async def test_frames_held_for_a_joining_reader_count_against_its_buffer_limit() -> None:
+    registry, _ = setup(max_held_bytes=1000)
+    slow, quick = RecordingSink(), RecordingSink()
+    for sink in (slow, quick):
+        joined = registry.join(sink, "news")
+        registry.on_subscribed("news")
+        await joined
+    registry.on_message(b"news", b'"%s"' % (b"x" * 600))
+    registry.flush()
+    assert registry.activate(quick, "news") != b""  # quick went live after one frame
+    registry.on_message(b"news", b'"%s"' % (b"y" * 600))  # slow now holds over 1000 bytes
+    registry.flush()
+    (held,) = slow.overflowed  # closed with 4008, as a client this far behind
+    assert held > 1000
+    assert registry.activate(slow, "news") == b""  # nothing held any more
+    assert [len(f["data"]) for f in quick.frames()] == [600]  # the live one
+    assert quick.overflowed == []
+
+
+async def test_a_recovery_whose_held_frames_pass_the_limit_turns_into_a_gap_at_once() -> None:
+    finished: list[bool] = []
+    registry, _ = setup(on_resubscribed=lambda c, p: None, max_held_bytes=1000)
+    a = RecordingSink()
+    await live(registry, a, "h")
+    registry.on_message(b"h", b"\x00ngh1 1 e0 1")
+    registry.flush()
+    a.writes.clear()
+    registry.on_disconnected()
+    registry.on_connected(RecordingRedis())
+    registry.on_subscribed("h")  # recovery starts: live frames are held meanwhile
+    for offset in (2, 3):
+        registry.on_message(b"h", b'\x00ngh1 %d e0 "%s"' % (offset, b"z" * 600))
+    registry.flush()
+    assert [(f["type"], f.get("offset")) for f in a.frames()] == [
+        ("gap", None),
+        ("message", 2),
+        ("message", 3),
+    ]
+    finished.append(registry.finish_recovery("h", [b"late replay"], cutoff=3))
+    assert finished == [False]  # the replay read too late is not delivered
+    registry.on_message(b"h", b"\x00ngh1 4 e0 4")
+    registry.flush()
+    assert a.frames()[-1]["offset"] == 4  # live again
