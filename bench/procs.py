@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,14 @@ class Server:
 
     HEARTBEAT_S = 300  # longer than any run: the load client does not answer pings
 
-    def __init__(self, kind: str, redis_port: int, extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        kind: str,
+        redis_port: int,
+        extra: Sequence[str] = (),
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        """``settings``: more ``GATEWAY_*`` variables for a gateway."""
         self.kind = kind
         self.port = free_port()
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
@@ -97,6 +104,7 @@ class Server:
                 "GATEWAY_PORT": str(self.port),
                 "GATEWAY_LOG_LEVEL": "warning",
                 "GATEWAY_HEARTBEAT_SECONDS": str(self.HEARTBEAT_S),
+                **(settings or {}),
             }
         elif kind == "baseline":
             args = [py, "-m", "bench.baseline", "--port", str(self.port), "--redis-url", redis_url]

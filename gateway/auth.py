@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
+from redis.exceptions import ResponseError
+
 from gateway.config import Limits
 from gateway.redis_client import AnyRedis
 from gateway.session import Session, SessionError, parse_session, session_digest, token_problem
@@ -34,7 +36,14 @@ class SessionStore:
         if problem is not None:
             raise AuthFailure(problem)
         key = self._prefix + token
-        raw = await self._redis.get(key)
+        try:
+            raw = await self._redis.get(key)
+        except ResponseError as exc:
+            # A hash or a list under the session's name: a bad session, not an outage
+            # (1013 would have the client retry the same token forever).
+            if str(exc).startswith("WRONGTYPE"):
+                raise AuthFailure("session_wrong_type") from None
+            raise
         if raw is None:
             raise AuthFailure("unknown_or_expired")
         try:

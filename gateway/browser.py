@@ -31,11 +31,12 @@ _JS = "text/javascript; charset=utf-8"
 
 
 def browser_routes() -> dict[str, Route]:
-    """Routes serving the client module, the demo page and the page's script and style."""
+    """Routes (GET and HEAD) serving the client module, the demo page and the page's script
+    and style."""
     static = resources.files("gateway") / "static"
     client = resources.files("clients") / "js" / "notify-client.js"
     page_headers = [("Content-Security-Policy", DEMO_CSP), ("Referrer-Policy", "no-referrer")]
-    return {
+    handlers = {
         "/": asset_route(
             (static / "index.html").read_bytes(), "text/html; charset=utf-8", headers=page_headers
         ),
@@ -46,3 +47,4 @@ def browser_routes() -> dict[str, Route]:
             client.read_bytes(), _JS, headers=[("Access-Control-Allow-Origin", "*")]
         ),
     }
+    return {path: Route(handler) for path, handler in handlers.items()}

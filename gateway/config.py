@@ -339,6 +339,10 @@ class Limits:
     rate_per_second: float = 50.0
     rate_burst: int = 100
     rate_strikes: int = 10
+    #: every WebSocket frame counts here (pings, pongs, fragments, before and after login)
+    frame_rate_per_second: float = 200.0
+    frame_burst: int = 1000
+    max_body_bytes: int = 64 * 1024
     #: largest stored session value read at login; bigger ones are refused (4001) unparsed
     max_session_bytes: int = 16 * 1024
     #: longest ``userId``: it is in every log line and in the channel ``user:{id}``
@@ -538,6 +542,14 @@ def load_settings(env: Mapping[str, str], *, open_files: int | None = None) -> G
         ),
         rate_burst=_get(env, "GATEWAY_RATE_BURST", dl.rate_burst, integer(1)),
         rate_strikes=_get(env, "GATEWAY_RATE_STRIKES", dl.rate_strikes, integer(1)),
+        frame_rate_per_second=_get(
+            env,
+            "GATEWAY_FRAME_RATE_LIMIT",
+            dl.frame_rate_per_second,
+            lambda n, r: _parse_positive(n, r, unit="frames per second"),
+        ),
+        frame_burst=_get(env, "GATEWAY_FRAME_RATE_BURST", dl.frame_burst, integer(1)),
+        max_body_bytes=_get(env, "GATEWAY_MAX_BODY_BYTES", dl.max_body_bytes, integer(0)),
         max_session_bytes=_get(
             env, "GATEWAY_MAX_SESSION_BYTES", dl.max_session_bytes, integer(64, 1024 * 1024)
         ),

@@ -18,13 +18,14 @@ from collections.abc import Callable, Coroutine
 
 import structlog
 from redis.exceptions import RedisError
-from websockets.http11 import Request
 
 from gateway.admission import AdmissionControl
 from gateway.auth import AuthFailure, SessionStore
 from gateway.channels import ChannelPolicy
 from gateway.config import GatewaySettings
 from gateway.control import parse_control
+from gateway.http import Answer
+from gateway.http11 import HttpRequest
 from gateway.protocol import (
     Auth,
     CloseCode,
@@ -46,7 +47,7 @@ from gateway.session import (
     UnsubscribeChannel,
 )
 from gateway.subscriber import Readiness
-from gateway.websocket import Answer, WebSocket, WebSocketServer
+from gateway.websocket import WebSocket, WebSocketServer
 
 __all__ = ["ClientConnection", "ConnectionHandler"]
 
@@ -60,11 +61,11 @@ INBOX_PAUSE = 16
 _AUTH_REASONS = {
     "auth_timeout": "unauthorized: no auth frame within the auth timeout",
     "first_frame_not_auth": 'unauthorized: the first frame must be {"type":"auth","token":...}',
-    "bad_authorization_header": "unauthorized: use 'Authorization: Bearer <token>'",
+    "bad_authorization_header": "unauthorized: send one 'Authorization: Bearer <token>' header",
 }
 
 #: what answers a connection's HTTP requests (``/healthz``, ``/metrics``...; None: upgrade)
-Responder = Callable[[Request], Answer]
+Responder = Callable[[HttpRequest], Answer]
 #: told each finished connection's close code and lifetime (seconds)
 CloseObserver = Callable[[int | None, float], None]
 
@@ -88,7 +89,7 @@ class ClientConnection(WebSocket):
         # While logging in without a header: the first message, awaited.
         self._first: asyncio.Future[str | bytes | None] | None = None
 
-    def respond(self, request: Request) -> Answer:
+    def respond(self, request: HttpRequest) -> Answer:
         return self._handler.respond(request)
 
     def opened(self) -> None:
@@ -111,7 +112,15 @@ class ClientConnection(WebSocket):
         self._handler.command(self, data)
 
     async def first_message(self) -> str | bytes | None:
-        """The next message (None if the connection closed first)."""
+        """The next message (None if the connection closed first).
+
+        Called from a step, so messages received since the step began wait in the inbox:
+        the first of them is the next message (whatever the step awaited before asking).
+        """
+        if self._inbox:
+            return self._inbox.popleft()
+        if self._gone:
+            return None
         self._first = asyncio.get_running_loop().create_future()
         return await self._first
 
@@ -144,6 +153,15 @@ class ClientConnection(WebSocket):
             self._first.set_result(None)
         if self._inbox is None:  # else when the running step is over
             self._handler.finished(self)
+
+    def flooded(self) -> None:
+        log.info(
+            "connection_rate_limited",
+            conn=self.conn_id,
+            user=self.user_id,
+            reason="frames",
+            remote=_remote(self),
+        )
 
     def overflow(self, buffered: int) -> None:
         # Named explicitly: the fan-out runs outside any connection's context.
@@ -370,8 +388,11 @@ class ConnectionHandler:
 
     async def _authenticate(self, client: ClientConnection) -> Session | None:
         assert client.request is not None
-        header = client.request.headers.get("Authorization")
-        if header is not None:
+        values = client.request.headers.get_all("Authorization")
+        if len(values) > 1:
+            raise AuthFailure("bad_authorization_header")
+        if values:
+            header = values[0]
             scheme, _, token = header.strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise AuthFailure("bad_authorization_header")
@@ -403,7 +424,13 @@ class ConnectionHandler:
             self._registry.leave(client, [action.channel])
             client.send(action.frame)
         elif isinstance(action, Close):
-            log.info("connection_rate_limited", conn=client.conn_id, user=client.user_id)
+            log.info(
+                "connection_rate_limited",
+                conn=client.conn_id,
+                user=client.user_id,
+                reason="messages",
+                remote=_remote(client),
+            )
             client.close(action.code, action.reason)
 
     async def _subscribe(

@@ -29,6 +29,7 @@ __all__ = [
     "binary_frame",
     "encode_frame",
     "error_frame",
+    "frame_ref",
     "gap_frame",
     "message_frame",
     "message_frame_from",
@@ -76,6 +77,7 @@ class ErrorCode(enum.StrEnum):
 @dataclasses.dataclass(frozen=True, slots=True)
 class Auth:
     token: str
+    ref: Ref = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -119,6 +121,18 @@ def _ref_of(obj: dict[str, object]) -> tuple[Ref, str | None]:
     return ref, None
 
 
+def frame_ref(data: str | bytes) -> Ref:
+    """The ``ref`` of a client frame that is refused unread (rate limit), if it carries a
+    valid one; never raises. Only refused frames pay for this parse."""
+    if isinstance(data, bytes):
+        return None
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return _ref_of(obj)[0] if isinstance(obj, dict) else None
+
+
 def parse_command(data: str | bytes) -> Command | FrameError:
     """Decode one client frame; never raises."""
     if isinstance(data, bytes):
@@ -152,7 +166,7 @@ def parse_command(data: str | bytes) -> Command | FrameError:
         token = obj.get("token")
         if not isinstance(token, str):
             return FrameError(ErrorCode.BAD_REQUEST, "auth needs a 'token' string", ref)
-        return Auth(token)
+        return Auth(token, ref)
     if not isinstance(kind, str):
         return FrameError(ErrorCode.BAD_REQUEST, "frame needs a 'type' string", ref)
     shown = kind if len(kind) <= 32 else kind[:32] + "..."

@@ -11,7 +11,7 @@ from http import HTTPStatus
 import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
-from websockets.http11 import Request, Response
+from websockets.http11 import Response
 from websockets.typing import Origin
 
 from gateway.access import verify_gateway_access
@@ -26,12 +26,13 @@ from gateway.diagnose import RedisSetupError, diagnose
 from gateway.history import Position
 from gateway.http import (
     Route,
+    Router,
     bearer_protected,
     bytes_response,
     json_response,
-    route_requests,
     text_response,
 )
+from gateway.http11 import HttpRequest
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.protocol import CloseCode
 from gateway.recovery import HistoryReader, Recoverer
@@ -41,7 +42,7 @@ from gateway.status import readiness, status_report
 from gateway.subscriber import Backoff, Subscriber
 from gateway.websocket import WebSocketOptions, WebSocketServer
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "websocket_options"]
 
 log = structlog.get_logger("gateway.server")
 
@@ -49,6 +50,26 @@ log = structlog.get_logger("gateway.server")
 CLOSE_TIMEOUT_S = 5.0
 #: seconds stop() gives logins, subscribes and slot releases under way before Redis closes
 SETTLE_TIMEOUT_S = 2.0
+
+
+def websocket_options(settings: GatewaySettings) -> WebSocketOptions:
+    """The connection layer's limits as the settings give them (the Autobahn echo endpoint
+    runs with these too)."""
+    origins: list[Origin | None] | None = None
+    if settings.admission.allowed_origins:
+        # Browsers always send Origin; services without one are not a CSWSH vector.
+        origins = [*(Origin(o) for o in settings.admission.allowed_origins), None]
+    return WebSocketOptions(
+        max_size=settings.limits.max_frame_bytes,
+        max_buffer=settings.limits.max_buffer_bytes,
+        origins=origins,
+        compression=settings.compression,
+        handshake_timeout_s=settings.handshake_timeout_s,
+        close_timeout_s=CLOSE_TIMEOUT_S,
+        frame_rate=settings.limits.frame_rate_per_second,
+        frame_burst=settings.limits.frame_burst,
+        max_body=settings.limits.max_body_bytes,
+    )
 
 
 class Gateway:
@@ -101,7 +122,7 @@ class Gateway:
             SessionStore(self.redis, settings.session_prefix, settings.limits),
             self.admission,
             self.history,
-            respond=route_requests(self._routes()),
+            respond=Router(self._routes()),
             on_closed=self.metrics.connection_closed,
         )
         self.metrics.track(self.registry, self.handler, self.subscriber, self.admission)
@@ -130,10 +151,10 @@ class Gateway:
         self.recoverer.start(channel, since)
 
     def _routes(self) -> dict[str, Route]:
-        def healthz(_request: Request) -> Response:
+        def healthz(_request: HttpRequest) -> Response:
             return text_response(HTTPStatus.OK, "ok\n")
 
-        def readyz(_request: Request) -> Response:
+        def readyz(_request: HttpRequest) -> Response:
             ready, why = readiness(
                 self.subscriber.ready,
                 self.registry.refused_internal,
@@ -141,10 +162,10 @@ class Gateway:
             )
             return text_response(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, why)
 
-        def metrics(_request: Request) -> Response:
+        def metrics(_request: HttpRequest) -> Response:
             return bytes_response(HTTPStatus.OK, self.metrics.exposition(), CONTENT_TYPE)
 
-        def status(_request: Request) -> Response:
+        def status(_request: HttpRequest) -> Response:
             report = status_report(
                 self.settings,
                 self.registry,
@@ -158,10 +179,10 @@ class Gateway:
 
         admin = self.settings.admin_token
         return {
-            "/healthz": healthz,
-            "/readyz": readyz,
-            "/metrics": bearer_protected(admin, metrics),
-            "/status": bearer_protected(admin, status),
+            "/healthz": Route(healthz),
+            "/readyz": Route(readyz),
+            "/metrics": Route(bearer_protected(admin, metrics)),
+            "/status": Route(bearer_protected(admin, status)),
             **browser_routes(),
         }
 
@@ -220,18 +241,7 @@ class Gateway:
         ]
         for task in self._tasks:
             task.add_done_callback(self._watch_setup)
-        origins: list[Origin | None] | None = None
-        if settings.admission.allowed_origins:
-            # Browsers always send Origin; services without one are not a CSWSH vector.
-            origins = [*(Origin(o) for o in settings.admission.allowed_origins), None]
-        options = WebSocketOptions(
-            max_size=settings.limits.max_frame_bytes,
-            max_buffer=settings.limits.max_buffer_bytes,
-            origins=origins,
-            compression=settings.compression,
-            handshake_timeout_s=settings.handshake_timeout_s,
-            close_timeout_s=CLOSE_TIMEOUT_S,
-        )
+        options = websocket_options(settings)
         handler = self.handler
         self._server = WebSocketServer(lambda server: ClientConnection(server, handler), options)
         await self._server.listen(settings.host, settings.port, reuse_port=self._reuse_port)

@@ -28,9 +28,11 @@ from gateway.protocol import (
     Subscribe,
     Unsubscribe,
     error_frame,
+    frame_ref,
     parse_command,
     reply_frame,
 )
+from gateway.ratelimit import TokenBucket
 
 __all__ = [
     "Action",
@@ -115,27 +117,6 @@ def parse_session(
     return Session(user_id, tuple(channels))
 
 
-class TokenBucket:
-    """Classic token bucket; time comes from the caller, so it is deterministic in tests."""
-
-    __slots__ = ("_capacity", "_rate", "_stamp", "_tokens")
-
-    def __init__(self, rate: float, capacity: int, now: float) -> None:
-        self._rate = rate
-        self._capacity = float(capacity)
-        self._tokens = float(capacity)
-        self._stamp = now
-
-    def take(self, now: float) -> bool:
-        elapsed = max(0.0, now - self._stamp)
-        self._stamp = now
-        self._tokens = min(self._capacity, self._tokens + elapsed * self._rate)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Reply:
     """Write this frame to the client."""
@@ -192,6 +173,7 @@ class ClientSession:
                 error_frame(
                     ErrorCode.RATE_LIMITED,
                     f"more than {self._limits.rate_per_second:g} frames per second; slow down",
+                    frame_ref(data),  # parsed only now: accepted frames are parsed once
                 )
             )
         command = parse_command(data)
@@ -200,7 +182,7 @@ class ClientSession:
         if isinstance(command, Ping):
             return Reply(reply_frame("pong", command.ref))
         if isinstance(command, Auth):
-            return Reply(error_frame(ErrorCode.BAD_REQUEST, "already authenticated"))
+            return Reply(error_frame(ErrorCode.BAD_REQUEST, "already authenticated", command.ref))
         return self._channel_command(command)
 
     def _channel_command(self, command: Subscribe | Unsubscribe) -> Action:

@@ -71,6 +71,9 @@ def test_redacted_url_hides_password() -> None:
         ({"REDIS_TLS": "maybe"}, "REDIS_TLS"),
         ({"REDIS_TLS_CA_PATH": "/ca.pem"}, "REDIS_TLS_CA_PATH"),
         ({"GATEWAY_SESSION_PREFIX": ""}, "GATEWAY_SESSION_PREFIX"),
+        ({"GATEWAY_FRAME_RATE_LIMIT": "0"}, "GATEWAY_FRAME_RATE_LIMIT"),
+        ({"GATEWAY_FRAME_RATE_BURST": "many"}, "GATEWAY_FRAME_RATE_BURST"),
+        ({"GATEWAY_MAX_BODY_BYTES": "-1"}, "GATEWAY_MAX_BODY_BYTES"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
@@ -91,8 +94,13 @@ def test_limits_and_public_channels_from_environment() -> None:
             "GATEWAY_MAX_FRAME_BYTES": "1024",
             "GATEWAY_MAX_BUFFER_BYTES": "65536",
             "GATEWAY_RATE_LIMIT": "5",
+            "GATEWAY_FRAME_RATE_LIMIT": "20",
+            "GATEWAY_FRAME_RATE_BURST": "40",
+            "GATEWAY_MAX_BODY_BYTES": "0",
         }
     )
+    assert (s.limits.frame_rate_per_second, s.limits.frame_burst) == (20.0, 40)
+    assert s.limits.max_body_bytes == 0  # no request body at all
     assert s.public_channels == ("news", "alerts:*")
     assert s.limits.max_frame_bytes == 1024
     assert s.limits.max_buffer_bytes == 65536

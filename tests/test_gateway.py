@@ -16,6 +16,7 @@ from gateway.control import revoke_message
 from gateway.server import Gateway
 from gateway.session import session_digest
 from tests.conftest import MakeGateway, MakeSession, ws_url
+from tests.support.tokens import new_token
 from tests.support.ws import (
     close_code,
     connect_authed,
@@ -101,6 +102,20 @@ async def test_malformed_auth_closes_4001(gateway: Gateway, header: str | None, 
 async def test_session_value_that_is_not_json_closes_4001(gateway: Gateway, redis: Redis) -> None:
     await redis.set("session:broken-session-1", "user=1", ex=60)
     assert await _closed_with(ws_url(gateway), header="Bearer broken-session-1") == 4001
+
+
+@pytest.mark.parametrize("kind", ["hash", "list"])
+async def test_a_session_key_of_the_wrong_type_closes_4001(
+    gateway: Gateway, redis: Redis, kind: str
+) -> None:
+    token = new_token()
+    if kind == "hash":
+        await redis.hset(f"session:{token}", "userId", "42")
+    else:
+        await redis.rpush(f"session:{token}", "42")
+    ws = await connect(ws_url(gateway), additional_headers={"Authorization": f"Bearer {token}"})
+    assert await close_code(ws) == 4001  # a bad session: retrying the token cannot help
+    await redis.delete(f"session:{token}")
 
 
 async def test_auth_timeout_closes_4001(gateway_factory: MakeGateway) -> None:
@@ -350,18 +365,3 @@ async def test_a_client_that_half_closes_with_unread_bytes_mid_subscribe_is_forg
     assert gateway.handler.sockets == 0  # counted down once, not twice
     assert gateway.handler.connections == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-
-
-async def test_pipelined_http_requests_are_closed_cleanly(
-    gateway: Gateway, caplog: pytest.LogCaptureFixture
-) -> None:
-    """HTTP pipelining is not supported: the bytes after the request fail it (as in
-    websockets' own server), the connection is closed, and nothing raises."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-    request_bytes = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    writer.write(request_bytes * 2)
-    async with asyncio.timeout(5):
-        await reader.read()  # until the gateway closes the connection
-    writer.close()
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert await http_get(f"http://127.0.0.1:{gateway.port}/healthz") == (200, "ok\n")

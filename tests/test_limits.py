@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import Callable, Sequence
 
 import orjson
 import pytest
@@ -12,7 +14,11 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from gateway.channels import ChannelPolicy
 from gateway.config import ConfigError, Limits, load_settings
@@ -22,7 +28,15 @@ from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.process import GatewayProcess
 from tests.support.redis_server import RedisServer
 from tests.support.tokens import new_token
-from tests.support.ws import close_code, connect_authed, recv_json, request, wait_until
+from tests.support.ws import (
+    close_code,
+    connect_authed,
+    connect_subscribed,
+    raw_upgraded,
+    recv_json,
+    request,
+    wait_until,
+)
 
 
 async def test_rate_limit_error_then_4029(
@@ -127,6 +141,33 @@ async def test_attempts_per_ip_behind_a_trusted_proxy(
 
     assert [await attempt("198.51.100.7") for _ in range(3)] == ["welcome", "welcome", 4029]
     assert await attempt("198.51.100.8") == "welcome"
+
+
+async def test_an_auth_frame_sent_while_login_waits_for_redis_is_not_lost(
+    gateway_factory: MakeGateway, redis_factory: Callable[[Sequence[str]], RedisServer]
+) -> None:
+    """With GATEWAY_MAX_ATTEMPTS_PER_IP on, login first counts the attempt in Redis; an auth
+    frame that arrives meanwhile must be the one login then reads (it was dropped: 4001)."""
+    server = redis_factory(())
+    gateway = await gateway_factory(server.url, GATEWAY_MAX_ATTEMPTS_PER_IP="100")
+    redis = Redis.from_url(server.url)
+    token = new_token()
+    await redis.set(f"session:{token}", b'{"userId": "early"}', ex=60)
+    await redis.execute_command("CLIENT", "PAUSE", "10000", "WRITE")  # the attempt counter waits
+    try:
+        ws = await connect(ws_url(gateway))
+        await ws.send(orjson.dumps({"type": "auth", "token": token}).decode())
+
+        async def auth_frame_arrived() -> bool:
+            return any(getattr(client, "_inbox", None) for client in gateway._server.connections)
+
+        await wait_until(auth_frame_arrived)  # received while login waits: the window
+    finally:
+        await redis.execute_command("CLIENT", "UNPAUSE")
+    welcome = await recv_json(ws)
+    assert (welcome["type"], welcome["user"]) == ("welcome", "early")
+    await ws.close()
+    await redis.aclose()
 
 
 async def test_origin_allowlist(gateway_factory: MakeGateway, make_session: MakeSession) -> None:
@@ -241,6 +282,87 @@ def test_frames_are_json_error_frames_for_garbage() -> None:
     action = session.receive(b"\x00\xff", 0.0)
     frame = orjson.loads(action.frame[2:])  # type: ignore[union-attr]
     assert frame["type"] == "error"
+
+
+PING = Frame(Opcode.PING, b"").serialize(mask=True)  # 6 bytes: the cheapest frame to send
+FRAGMENT = Frame(Opcode.CONT, b"", fin=False).serialize(mask=True)
+FLOOD_FRAMES = 300_000  # 1.8 MB of pings: seconds of gateway CPU when nothing stops it
+
+
+async def _flood_closed_with(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, frames: bytes
+) -> tuple[int, int]:
+    """Send ``frames`` as fast as TCP takes them while reading what comes back; return the
+    close code the gateway sent and how many pongs came before it."""
+    client = ClientProtocol(parse_uri("ws://127.0.0.1/ws"), state=State.OPEN, max_size=None)
+
+    async def send() -> None:
+        with contextlib.suppress(ConnectionError):
+            writer.write(frames)
+            await writer.drain()
+
+    sender = asyncio.create_task(send())
+    pongs = 0
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                data = await reader.read(65536)
+                assert data, "connection closed without a close frame"
+                client.receive_data(data)
+                for event in client.events_received():
+                    if event.opcode is Opcode.PONG:
+                        pongs += 1
+                    elif event.opcode is Opcode.CLOSE:
+                        assert client.close_rcvd is not None
+                        return client.close_rcvd.code, pongs
+    finally:
+        sender.cancel()
+        writer.transport.abort()
+
+
+@pytest.mark.parametrize(
+    ("kind", "authenticated"),
+    [("pings", True), ("pings", False), ("fragments", True)],
+    ids=["ping-flood", "unauthenticated-ping-flood", "continuation-flood"],
+)
+async def test_a_frame_flooder_is_closed_4029_and_others_keep_getting_messages(
+    gateway_factory: MakeGateway,
+    make_session: MakeSession,
+    redis: Redis,
+    kind: str,
+    authenticated: bool,
+) -> None:
+    """Every frame counts against GATEWAY_FRAME_RATE_LIMIT, control frames and fragments
+    too, before login as after; the flooder is failed within about a burst."""
+    gateway = await gateway_factory(GATEWAY_FRAME_RATE_BURST="500")
+    victim = await connect_subscribed(ws_url(gateway), await make_session("victim"), "public:f")
+    headers = f"Authorization: Bearer {await make_session('flooder')}\r\n" if authenticated else ""
+    reader, writer = await raw_upgraded(gateway.port, headers)
+    if kind == "pings":
+        frames = PING * FLOOD_FRAMES
+    else:  # a text message that never ends: empty continuation frames
+        frames = Frame(Opcode.TEXT, b"{", fin=False).serialize(mask=True)
+        frames += FRAGMENT * FLOOD_FRAMES
+    flood = asyncio.create_task(_flood_closed_with(reader, writer, frames))
+    await redis.publish("public:f", '{"during":"flood"}')
+    assert (await recv_json(victim))["data"] == {"during": "flood"}
+    code, pongs = await flood
+    assert code == 4029
+    assert pongs <= 500 + 4096 // 6  # the burst, and at most one read slice beyond it
+    await redis.publish("public:f", '{"after":"flood"}')
+    assert (await recv_json(victim))["data"] == {"after": "flood"}
+    await victim.close()
+
+
+async def test_frames_within_the_frame_budget_are_served(
+    gateway_factory: MakeGateway, make_session: MakeSession
+) -> None:
+    gateway = await gateway_factory(GATEWAY_FRAME_RATE_BURST="50")
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("calm"))
+    for _ in range(20):  # a ping and its pong, twice the frames of a message each
+        await (await ws.ping())
+    assert await request(ws, {"type": "ping", "ref": 1}) == {"type": "pong", "ref": 1}
+    await ws.close()
 
 
 @pytest.mark.parametrize(

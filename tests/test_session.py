@@ -108,6 +108,25 @@ def test_rate_limit_errors_then_closes() -> None:
     assert session.receive(ping, 0.0) == Close(CloseCode.RATE_LIMITED, "rate limit exceeded")
 
 
+def test_a_rate_limited_frame_gets_its_ref_back() -> None:
+    session = client(Limits(rate_per_second=1, rate_burst=1, rate_strikes=10))
+    assert reply_of(session.receive('{"type":"ping","ref":1}', 0.0)) == {"type": "pong", "ref": 1}
+    refused = reply_of(session.receive('{"type":"subscribe","channel":"public:a","ref":"s1"}', 0.0))
+    assert (refused["code"], refused["ref"]) == ("rate_limited", "s1")
+    # Frames without a valid ref are refused without one, never with an exception.
+    for frame in ["not json", "[1]", '{"ref":true}', b"\x00"]:
+        assert "ref" not in reply_of(session.receive(frame, 0.0))
+
+
+def test_already_authenticated_echoes_the_ref() -> None:
+    reply = reply_of(client().receive('{"type":"auth","token":"abcdefgh","ref":7}', 0.0))
+    assert (reply["code"], reply["message"], reply["ref"]) == (
+        "bad_request",
+        "already authenticated",
+        7,
+    )
+
+
 def test_token_bucket_refills_with_time() -> None:
     bucket = TokenBucket(rate=10, capacity=1, now=0.0)
     assert bucket.take(0.0)

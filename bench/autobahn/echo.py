@@ -1,19 +1,20 @@
-"""An echo endpoint built from the gateway's own connection code.
+"""An echo endpoint built from the gateway's own connection code, with the gateway's limits.
 
-The server is configured like the gateway's (no compression), and reads, validates
-and closes exactly as the gateway does: it is a :class:`gateway.websocket.WebSocket`,
-websockets' sans-I/O protocol on an asyncio transport, whose every message is echoed
-through the gateway's raw write path: a frame built once by
-:func:`gateway.protocol.text_frame` / :func:`~gateway.protocol.binary_frame` and
-written by :meth:`~gateway.websocket.WebSocket.send` (OPEN-state rule, buffer cap).
+The server is the gateway's connection layer with the gateway's settings (read from the
+``GATEWAY_*`` environment like ``notify-gateway serve``; the defaults without it): it
+reads HTTP, upgrades, validates, limits and closes exactly as the gateway does. It is a
+:class:`gateway.websocket.WebSocket`, websockets' sans-I/O protocol on an asyncio transport,
+whose every message is echoed through the gateway's raw write path: a frame built once by
+:func:`gateway.protocol.text_frame` / :func:`~gateway.protocol.binary_frame` and written
+by :meth:`~gateway.websocket.WebSocket.send` (OPEN-state rule, buffer cap).
 
-Read-side limits differ from the gateway's defaults, on purpose: the Autobahn 9.x
-cases send messages of up to 16 MiB, which the gateway refuses by design (1009 above
-``GATEWAY_MAX_FRAME_BYTES``, 64 KiB by default), and the echo of such a message must
-fit the outgoing buffer cap. The endpoint sends no heartbeat pings, so that no
+With the deployed read limits, messages over ``GATEWAY_MAX_FRAME_BYTES`` (64 KiB by
+default: most 9.x cases of Autobahn) are refused with close code 1009, by design;
+``python -m bench.autobahn`` reports them as such. ``GATEWAY_COMPRESSION=deflate`` turns
+permessage-deflate on, as in the gateway. The endpoint sends no heartbeat pings, so that no
 unsolicited ping lands in the middle of a test case.
 
-    .venv/bin/python -m bench.autobahn.echo [--port 9001]
+    GATEWAY_COMPRESSION=deflate .venv/bin/python -m bench.autobahn.echo [--port 9001]
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 
+from gateway.config import load_settings
 from gateway.protocol import binary_frame, text_frame
+from gateway.server import websocket_options
 from gateway.websocket import WebSocket, WebSocketOptions, WebSocketServer
-
-#: Largest message accepted (the biggest Autobahn case is 16 MiB) and buffered on the way out.
-MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 
 class Echo(WebSocket):
@@ -41,10 +42,14 @@ class Echo(WebSocket):
             self.send(binary_frame(data))
 
 
-async def start(host: str = "127.0.0.1", port: int = 0) -> WebSocketServer:
-    """Start the echo endpoint; ``port=0`` picks a free port (read it from the result)."""
-    options = WebSocketOptions(max_size=MAX_MESSAGE_BYTES, max_buffer=MAX_MESSAGE_BYTES)
-    server = WebSocketServer(Echo, options)
+async def start(
+    host: str = "127.0.0.1", port: int = 0, options: WebSocketOptions | None = None
+) -> WebSocketServer:
+    """Start the echo endpoint; ``port=0`` picks a free port (read it from the result).
+
+    ``options`` default to the gateway's with default settings.
+    """
+    server = WebSocketServer(Echo, options or websocket_options(load_settings({})))
     await server.listen(host, port)
     return server
 
@@ -54,7 +59,8 @@ def port_of(server: WebSocketServer) -> int:
 
 
 async def _main(port: int) -> None:
-    server = await start(port=port)
+    options = websocket_options(load_settings(os.environ))
+    server = await start(port=port, options=options)
     print(f"echo endpoint on ws://127.0.0.1:{port_of(server)}", flush=True)
     await asyncio.Event().wait()  # until Ctrl-C
 
