@@ -108,3 +108,9 @@ def test_bad_admin_token_is_named_and_never_echoed(value: str, fix: str) -> None
         load_settings({"GATEWAY_ADMIN_TOKEN": value})
     assert fix in str(info.value)
     assert value not in str(info.value)
+
+
+def test_redis_url_that_urllib_cannot_split_is_a_configuration_error() -> None:
+    """Found by the config fuzz target: urlsplit's ValueError escaped as a traceback."""
+    with pytest.raises(ConfigError, match="REDIS_URL is not a valid URL"):
+        load_settings({"REDIS_URL": "redis://[abc"})
