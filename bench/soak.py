@@ -31,6 +31,7 @@ import datetime
 import itertools
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -1114,10 +1115,13 @@ class Soak:
             out.append("-- tolerated findings (--tolerate; still to fix) --")
             for kind, count in ledger.tolerated.items():
                 out += [f"  {kind} x{count}", f"    e.g. {ledger.tolerated_examples[kind]}"[:300]]
-        out.append(f"-- violations: {len(ledger.violations)} --")
-        out += [f"  {v}" for v in ledger.violations[:60]]
-        if len(ledger.violations) > 60:
-            out.append(f"  ... and {len(ledger.violations) - 60} more")
+        out.append(f"-- violations: {len(ledger.violations)} (by rule: count, first) --")
+        groups: dict[str, list[str]] = collections.defaultdict(list)
+        for line in ledger.violations:
+            rule = re.sub(r"[-\w:]*\d[-\w:]*", "N", line.partition("] ")[2])[:70]
+            groups[rule].append(line)
+        for lines in groups.values():
+            out.append(f"  x{len(lines):<5} {lines[0]}"[:300])
         out.append("FAIL" if ledger.violations else "PASS")
         print("\n".join(out), flush=True)
         return 1 if ledger.violations else 0

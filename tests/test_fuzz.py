@@ -103,4 +103,3 @@ def test_regression_input(name: str, path: Path) -> None:
 def test_every_open_hole_has_a_regression_input() -> None:
     kinds = {path.name.partition("--")[0] for _, path in _files("regressions")}
     assert set(OPEN_HOLES) <= kinds, set(OPEN_HOLES) - kinds
-
