@@ -304,7 +304,12 @@ def load_redis_config(env: Mapping[str, str]) -> RedisConfig:
 
 def _parse_redis_url(url: str) -> RedisConfig:
     # Never echo the URL itself: it may carry a password.
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed IPv6 bracket, say
+        raise ConfigError(
+            "REDIS_URL is not a valid URL: use redis://host:6379/0 (IPv6: redis://[::1]:6379/0)"
+        ) from None
     if parts.scheme not in ("redis", "rediss"):
         raise ConfigError(
             "REDIS_URL must start with redis:// or rediss:// (TLS), e.g. redis://localhost:6379/0"
