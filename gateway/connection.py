@@ -464,10 +464,12 @@ class ConnectionHandler:
         if replay is not None:
             self._registry.note_position(channel, replay.position)
             fields.update(offset=replay.position.offset, epoch=replay.position.epoch)
+            # The reply says where the client stands: held copies of messages up to there
+            # (replayed, or published before the read) must not follow it.
+            cutoff = replay.position.offset
             if action.since is not None:
                 fields["recovered"] = replay.recovered
                 frames = replay.frames
-                cutoff = replay.position.offset  # buffered copies of what was replayed
         elif action.since is not None:
             fields["recovered"] = False
         reply = reply_frame("subscribed", ref, **fields)

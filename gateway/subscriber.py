@@ -147,7 +147,8 @@ class PubSubProtocol(asyncio.Protocol):
                 log.error("redis_reply_failed", error=repr(exc)[:200])
 
     def _failed(self, reply: Any, exc: Exception) -> None:
-        if type(reply) is list and reply and reply[0] == self._message:
+        # Counted as the channel's drop only when the reply is a whole message.
+        if type(reply) is list and len(reply) == 3 and reply[0] == self._message:
             self._registry.message_failed(reply[1], exc)
         else:
             log.error("redis_reply_failed", error=repr(exc)[:200])

@@ -212,6 +212,8 @@ def test_a_port_that_is_not_a_number_gets_its_range() -> None:
 def test_log_format_defaults_to_auto() -> None:
     assert load_settings({}).log_format == "auto"
     assert load_settings({"GATEWAY_LOG_FORMAT": "Console"}).log_format == "console"
+
+
 def test_redis_url_that_urllib_cannot_split_is_a_configuration_error() -> None:
     """Found by the config fuzz target: urlsplit's ValueError escaped as a traceback."""
     with pytest.raises(ConfigError, match="REDIS_URL is not a valid URL"):

@@ -2,9 +2,7 @@
 
 Per target: the committed corpus and every regression input replayed; a Hypothesis run
 with a fixed seed (derandomized, so CI is reproducible); and where atheris is installed
-(Linux x86_64), a bounded coverage-guided run with a fixed seed. Findings of the open holes
-in tests/fuzz/known.py are tolerated here and replayed as strict xfails, so a fix that
-lands makes the suite say so.
+(Linux x86_64), a bounded coverage-guided run with a fixed seed. Any finding fails.
 """
 
 from __future__ import annotations
@@ -17,23 +15,13 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.fuzz.harness import Finding
-from tests.fuzz.known import OPEN_HOLES, is_open
-from tests.fuzz.targets import TARGETS, Target
+from tests.fuzz.targets import TARGETS
 from tests.support.process import ROOT
 
 pytestmark = pytest.mark.fuzz
 
 FUZZ = Path(__file__).parent / "fuzz"
 HAVE_ATHERIS = importlib.util.find_spec("atheris") is not None
-
-
-def _tolerant(target: Target, data: bytes) -> None:
-    try:
-        target.run(data)
-    except Finding as finding:
-        if not is_open(finding.kind):
-            raise
 
 
 def _files(kind: str) -> list[tuple[str, Path]]:
@@ -50,7 +38,7 @@ def test_committed_corpus_replays_cleanly(name: str) -> None:
     paths = sorted((FUZZ / "corpus" / name).iterdir())
     assert paths, f"tests/fuzz/corpus/{name} is empty: seed it (docs/testing.md)"
     for path in paths:
-        _tolerant(TARGETS[name], path.read_bytes())
+        TARGETS[name].run(path.read_bytes())
 
 
 @pytest.mark.parametrize("name", TARGETS)
@@ -66,7 +54,7 @@ def test_hypothesis_short_run(name: str) -> None:
     )
     @given(target.strategy)
     def run(data: bytes) -> None:
-        _tolerant(target, data)
+        target.run(data)
 
     run()
 
@@ -83,23 +71,10 @@ def test_atheris_short_run(name: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def _regression_params() -> list[object]:
-    params: list[object] = []
-    for target, path in _files("regressions"):
-        kind = path.name.partition("--")[0]
-        marks = []
-        if is_open(kind):
-            marks.append(pytest.mark.xfail(strict=True, raises=Finding, reason=OPEN_HOLES[kind]))
-        params.append(pytest.param(target, path, marks=marks, id=f"{target}/{path.name}"))
-    return params
-
-
-@pytest.mark.parametrize(("name", "path"), _regression_params())
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [pytest.param(t, p, id=f"{t}/{p.name}") for t, p in _files("regressions")],
+)
 def test_regression_input(name: str, path: Path) -> None:
     """Each input a fuzzer ever broke a rule with; named ``<finding kind>--<what>``."""
     TARGETS[name].run(path.read_bytes())
-
-
-def test_every_open_hole_has_a_regression_input() -> None:
-    kinds = {path.name.partition("--")[0] for _, path in _files("regressions")}
-    assert set(OPEN_HOLES) <= kinds, set(OPEN_HOLES) - kinds

@@ -241,3 +241,30 @@ async def test_many_channels_are_recovered_a_few_at_a_time_none_forgotten(
         assert sorted((f["type"], f["channel"], f["offset"]) for f in frames) == sorted(
             ("message", channel, 2) for channel in channels
         )
+
+
+async def test_a_subscribe_without_since_delivers_nothing_at_or_before_its_position(
+    gateway: Gateway, make_session: MakeSession, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message published after Redis confirmed the subscription but before the gateway read
+    the channel's position is held for the client; the reply's offset already covers it, so it
+    must not follow the reply (found by the soak: subscribed offset N, then message N)."""
+    await publish_with_history(redis, "public:h-first", '"old"')
+    read = gateway.history.read
+    received = gateway.registry.messages_received
+
+    async def read_after_a_publish(channel: str, since: Any) -> Any:
+        await publish_with_history(redis, "public:h-first", '"meanwhile"')
+        while gateway.registry.messages_received == received:  # held for the joining client
+            await asyncio.sleep(0.001)
+        return await read(channel, since)
+
+    monkeypatch.setattr(gateway.history, "read", read_after_a_publish)
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("first"))
+    async with ws:
+        reply = await subscribe(ws, "public:h-first")
+        assert reply["offset"] == 2
+        monkeypatch.undo()
+        await publish_with_history(redis, "public:h-first", '"next"')
+        message = await recv_json(ws)
+        assert (message["offset"], message["data"]) == (3, "next")

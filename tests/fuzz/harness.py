@@ -133,6 +133,9 @@ class RecordingListener:
     def on_message(self, channel: bytes, payload: bytes) -> None:
         self.calls.append(("message", channel, payload))
 
+    def message_failed(self, channel: bytes, error: Exception) -> None:
+        self.calls.append(("failed", channel, type(error).__name__))
+
     def flush(self) -> None:
         pass  # once per read: depends on how the bytes were split, so not recorded
 
