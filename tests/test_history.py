@@ -250,15 +250,19 @@ async def test_a_subscribe_without_since_delivers_nothing_at_or_before_its_posit
     the channel's position is held for the client; the reply's offset already covers it, so it
     must not follow the reply (found by the soak: subscribed offset N, then message N)."""
     await publish_with_history(redis, "public:h-first", '"old"')
-    read = gateway.history.read
-    received = gateway.registry.messages_received
+    read, on_message = gateway.history.read, gateway.registry.on_message
+    arrived = asyncio.Event()
+
+    def note_message(channel: bytes, payload: bytes) -> None:
+        on_message(channel, payload)
+        arrived.set()
 
     async def read_after_a_publish(channel: str, since: Any) -> Any:
         await publish_with_history(redis, "public:h-first", '"meanwhile"')
-        while gateway.registry.messages_received == received:  # held for the joining client
-            await asyncio.sleep(0.001)
+        await arrived.wait()  # held for the joining client
         return await read(channel, since)
 
+    monkeypatch.setattr(gateway.registry, "on_message", note_message)
     monkeypatch.setattr(gateway.history, "read", read_after_a_publish)
     ws, _ = await connect_authed(ws_url(gateway), await make_session("first"))
     async with ws:
