@@ -288,15 +288,15 @@ class ConnectionHandler:
         """Admit, authenticate and welcome a new connection, or close it saying why."""
         structlog.contextvars.bind_contextvars(conn=client.conn_id)  # this task's context
         refusal = self._refusal()
-        if refusal is None:
-            ip_refusal = await self._admission.check_ip(self._client_ip(client))
-            if ip_refusal is not None:
-                log.info("connection_refused", reason="ip_attempts", remote=_remote(client))
-                refusal = CloseCode.RATE_LIMITED, ip_refusal.value
         if refusal is not None:
             client.close(*refusal)
             return
         try:
+            ip_refusal = await self._admission.check_ip(self._client_ip(client))
+            if ip_refusal is not None:
+                log.info("connection_refused", reason="ip_attempts", remote=_remote(client))
+                client.close(CloseCode.RATE_LIMITED, ip_refusal.value)
+                return
             session = await self._authenticate(client)
             if session is None:
                 return  # gone before it said who it is

@@ -108,15 +108,16 @@ class Recoverer:
     def __init__(
         self,
         reader: HistoryReader,
-        finish: Callable[[str, Sequence[bytes] | None, int], bool],
+        finish: Callable[[str, object, Sequence[bytes] | None, int], bool],
     ) -> None:
         self._reader = reader
         self._finish = finish
-        self._pending: dict[str, Position] = {}  # in arrival order
+        # channel -> (position, the registry's ticket for this recovery), in arrival order
+        self._pending: dict[str, tuple[Position, object]] = {}
         self._workers: set[asyncio.Task[None]] = set()
 
-    def start(self, channel: str, since: Position) -> None:
-        self._pending[channel] = since
+    def start(self, channel: str, since: Position, ticket: object) -> None:
+        self._pending[channel] = (since, ticket)
         if len(self._workers) < REPLAY_CONCURRENCY:
             task = asyncio.get_running_loop().create_task(self._work())
             self._workers.add(task)
@@ -125,9 +126,9 @@ class Recoverer:
     async def _work(self) -> None:
         while self._pending:
             channel = next(iter(self._pending))
-            await self._recover(channel, self._pending.pop(channel))
+            await self._recover(channel, *self._pending.pop(channel))
 
-    async def _recover(self, channel: str, since: Position) -> None:
+    async def _recover(self, channel: str, since: Position, ticket: object) -> None:
         replay: Replay | None = None
         try:
             replay = await self._reader.read(channel, since)
@@ -139,9 +140,9 @@ class Recoverer:
         # Logged only when delivered: meanwhile the connection may have dropped again, or
         # the live messages held for the channel may have passed the limit (a gap already).
         if replay is not None and replay.recovered:
-            if self._finish(channel, replay.frames, replay.position.offset):
+            if self._finish(channel, ticket, replay.frames, replay.position.offset):
                 log.info("channel_recovered", channel=channel, messages=len(replay.frames))
-        elif self._finish(channel, None, since.offset):
+        elif self._finish(channel, ticket, None, since.offset):
             log.info("channel_gap", channel=channel, reason=reason)
 
     async def close(self) -> None:

@@ -108,6 +108,21 @@ class _Held:
         return self.size
 
 
+class _Recovery(_Held):
+    """A re-subscribed channel's live frames, held until its replay is read.
+
+    It is also the ticket of that recovery: a replay read for an earlier one (the link
+    dropped again meanwhile) must not finish this one. Readers that went live during the
+    recovery had their own replay; ``late`` records where the held frames stood for each.
+    """
+
+    __slots__ = ("late",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.late: dict[Sink, int] = {}
+
+
 class DropLog:
     """Which drops to log: the first of each reason, then at most one per ``interval_s``.
 
@@ -138,7 +153,7 @@ class Registry:
         *,
         max_message_bytes: int = 1024 * 1024,
         max_held_bytes: int = 1024 * 1024,
-        on_resubscribed: Callable[[str, Position], None] | None = None,
+        on_resubscribed: Callable[[str, Position, object], None] | None = None,
         observe_fanout: Callable[[float], None] | None = None,
     ) -> None:
         # Gateway-to-gateway channels, always subscribed, handled here, never fanned out.
@@ -152,7 +167,7 @@ class Registry:
         self._active: dict[str, set[Sink]] = {}  # live readers
         self._waiting: dict[str, dict[Sink, asyncio.Future[None]]] = {}  # Redis not confirmed
         self._joining: dict[str, dict[Sink, _Held]] = {}  # confirmed, not activated
-        self._recovering: dict[str, _Held] = {}  # whole channel, after a reconnect
+        self._recovering: dict[str, _Recovery] = {}  # whole channel, after a reconnect
         self._state: dict[str, _State] = {}
         #: internal channels Redis refused, with its answer; each is retried after a backoff
         self.refused_internal: dict[str, str] = {}
@@ -259,6 +274,9 @@ class Registry:
         if sink not in readers:
             readers.add(sink)
             self._count(sink, 1)
+        recovery = self._recovering.get(channel)
+        if recovery is not None:  # what the channel holds from now on is new to this reader
+            recovery.late[sink] = len(recovery.frames)
         return b"".join(_after(held.frames, cutoff))
 
     def _count(self, sink: Sink, change: int) -> None:
@@ -372,8 +390,8 @@ class Registry:
             seen = self._positions.get(channel)
             position = Position(*seen) if seen is not None else self._noted.get(channel)
             if position is not None and self._on_resubscribed is not None:
-                self._recovering[channel] = _Held()
-                self._on_resubscribed(channel, position)
+                recovery = self._recovering[channel] = _Recovery()
+                self._on_resubscribed(channel, position, recovery)
             else:
                 self._send_gap(channel)
         joining = self._joining.setdefault(channel, {})
@@ -387,25 +405,31 @@ class Registry:
         for sink in self._active.get(channel, ()):
             sink.send(frame)
 
-    def finish_recovery(self, channel: str, replay: Sequence[bytes] | None, cutoff: int) -> bool:
+    def finish_recovery(
+        self, channel: str, ticket: object, replay: Sequence[bytes] | None, cutoff: int
+    ) -> bool:
         """Deliver what a re-subscribed channel missed, then what arrived meanwhile.
 
-        ``replay`` holds the missed frames up to offset ``cutoff``; None means they could
-        not be recovered, and the readers get a ``gap`` frame instead. False when the
-        recovery was over already (the connection dropped again, or a gap was sent).
+        ``ticket`` is the one ``on_resubscribed`` was given. ``replay`` holds the missed
+        frames up to offset ``cutoff``; None means they could not be recovered, and the
+        readers get a ``gap`` frame instead. Readers that went live during the recovery
+        get only what the channel held after they did. False when this recovery was over
+        already (the connection dropped again, or a gap was sent).
         """
-        held = self._recovering.pop(channel, None)
-        if held is None:
+        recovery = self._recovering.get(channel)
+        if recovery is None or recovery is not ticket:
             return False
+        del self._recovering[channel]
+        held = recovery.frames
         if replay is None:
-            self._send_gap(channel)
-            chunk = b"".join(frame for _, frame in held.frames)
+            chunk = b"".join([gap_frame(channel), *(frame for _, frame in held)])
         else:
-            chunk = b"".join([*replay, *_after(held.frames, cutoff)])
-        readers = self._active.get(channel, ())
-        if chunk:
-            for sink in readers:
-                sink.send(chunk)
+            chunk = b"".join([*replay, *_after(held, cutoff)])
+        for sink in self._active.get(channel, ()):
+            start = recovery.late.get(sink)
+            data = chunk if start is None else b"".join(frame for _, frame in held[start:])
+            if data:
+                sink.send(data)
         return True
 
     def on_unsubscribed(self, channel: str) -> None:
@@ -573,7 +597,7 @@ class Registry:
         if recovering.add(offset, frame) > limit:
             # The replay would come too late to be of use: a gap now, live from here on.
             log.info("channel_gap", channel=name, reason="held_bytes")
-            self.finish_recovery(name, None, 0)
+            self.finish_recovery(name, recovering, None, 0)
         return True
 
     def flush(self) -> None:

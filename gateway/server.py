@@ -147,8 +147,8 @@ class Gateway:
     def _on_control(self, payload: bytes) -> None:
         self.handler.on_control(payload)
 
-    def _on_resubscribed(self, channel: str, since: Position) -> None:
-        self.recoverer.start(channel, since)
+    def _on_resubscribed(self, channel: str, since: Position, ticket: object) -> None:
+        self.recoverer.start(channel, since, ticket)
 
     def _routes(self) -> dict[str, Route]:
         def healthz(_request: HttpRequest) -> Response:

@@ -364,6 +364,7 @@ class Subscriber:
             # keep arriving, Redis is alive.
             while not (await asyncio.wait({pong}, timeout=self._ping_timeout_s))[0]:
                 if loop.time() - protocol.last_read >= self._ping_timeout_s:
+                    pong.cancel()  # settled now: the abort must not fail it unobserved
                     protocol.abort()
                     return f"no PONG within {self._ping_timeout_s:g}s"
             if pong.exception() is not None:  # the link failed: ConnectionError, or a reply

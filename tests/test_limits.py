@@ -170,6 +170,23 @@ async def test_an_auth_frame_sent_while_login_waits_for_redis_is_not_lost(
     await redis.aclose()
 
 
+async def test_a_redis_error_counting_the_address_is_a_1013_not_a_failed_login_step(
+    gateway_factory: MakeGateway, make_session: MakeSession, redis: Redis
+) -> None:
+    """The per-address count is Redis work like the session read: when Redis fails it (here a
+    key of the wrong type; in the soak, a restart), the client is told to come back (1013),
+    not closed 1011 with an error logged (found by the soak)."""
+    gateway = await gateway_factory(GATEWAY_MAX_ATTEMPTS_PER_IP="100")
+    await redis.hset("notify-gateway:ip:127.0.0.1:attempts", "x", "1")  # INCR: WRONGTYPE
+    try:
+        ws = await connect(
+            ws_url(gateway), additional_headers={"Authorization": f"Bearer {await make_session()}"}
+        )
+        assert await close_code(ws) == 1013
+    finally:
+        await redis.delete("notify-gateway:ip:127.0.0.1:attempts")
+
+
 async def test_origin_allowlist(gateway_factory: MakeGateway, make_session: MakeSession) -> None:
     gateway = await gateway_factory(GATEWAY_ALLOWED_ORIGINS="https://app.example.com")
     token = await make_session("o")

@@ -209,8 +209,8 @@ async def test_reconnect_resubscribes_in_one_command_and_sends_gaps() -> None:
 
 
 async def test_history_channels_are_recovered_instead_of_gapped() -> None:
-    started: list[tuple[str, Position]] = []
-    registry, _ = setup(on_resubscribed=lambda c, p: started.append((c, p)))
+    started: list[tuple[str, Position, object]] = []
+    registry, _ = setup(on_resubscribed=lambda c, p, t: started.append((c, p, t)))
     a = RecordingSink()
     await live(registry, a, "h")
     registry.on_message(b"h", b"\x00ngh1 7 e0 7")
@@ -219,13 +219,13 @@ async def test_history_channels_are_recovered_instead_of_gapped() -> None:
     registry.on_disconnected()
     registry.on_connected(RecordingRedis())
     registry.on_subscribed("h")
-    assert started == [("h", Position(7, "e0"))]
+    assert [(c, p) for c, p, _ in started] == [("h", Position(7, "e0"))]
     registry.on_message(b"h", b"\x00ngh1 9 e0 9")  # live, while the replay is read
     registry.on_message(b"h", b"\x00ngh1 10 e0 10")
     registry.flush()
     assert a.writes == []
     replay = [b"\x81\x018", b"\x81\x019"]  # frames of offsets 8 and 9, as the reader builds
-    registry.finish_recovery("h", replay, cutoff=9)
+    registry.finish_recovery("h", started[0][2], replay, cutoff=9)
     assert a.frames() == [
         8,
         9,
@@ -234,7 +234,8 @@ async def test_history_channels_are_recovered_instead_of_gapped() -> None:
 
 
 async def test_unrecoverable_history_falls_back_to_a_gap() -> None:
-    registry, _ = setup(on_resubscribed=lambda c, p: None)
+    tickets: list[object] = []
+    registry, _ = setup(on_resubscribed=lambda c, p, t: tickets.append(t))
     a = RecordingSink()
     await live(registry, a, "h")
     registry.on_message(b"h", b"\x00ngh1 1 e0 1")
@@ -244,8 +245,52 @@ async def test_unrecoverable_history_falls_back_to_a_gap() -> None:
     registry.on_connected(RecordingRedis())
     registry.on_subscribed("h")
     registry.on_message(b"h", b"\x00ngh1 5 e0 5")
-    registry.finish_recovery("h", None, cutoff=1)
+    registry.finish_recovery("h", tickets[0], None, cutoff=1)
     assert [f["type"] for f in a.frames()] == ["gap", "message"]
+
+
+async def test_a_reader_live_during_a_recovery_gets_no_replayed_message_twice() -> None:
+    """A client that resumed by itself while the channel was recovering already has what the
+    channel's replay holds; it gets only what arrived after it went live (soak finding)."""
+    tickets: list[object] = []
+    registry, _ = setup(on_resubscribed=lambda c, p, t: tickets.append(t))
+    a = RecordingSink()
+    await live(registry, a, "h")
+    registry.on_message(b"h", b"\x00ngh1 7 e0 7")
+    registry.flush()
+    registry.on_disconnected()
+    registry.on_connected(RecordingRedis())
+    registry.on_subscribed("h")  # the channel's recovery from 7 starts
+    registry.on_message(b"h", b"\x00ngh1 9 e0 9")  # held for the recovery
+    b = RecordingSink()
+    await registry.join(b, "h")  # b resumes by itself: its own replay is 8 and 9
+    assert registry.activate(b, "h", cutoff=9) == b""
+    registry.on_message(b"h", b"\x00ngh1 10 e0 10")  # after b went live
+    registry.flush()
+    assert b.writes == []  # still held: the channel is recovering
+    replay = [b"\x81\x018", b"\x81\x019"]
+    assert registry.finish_recovery("h", tickets[0], replay, cutoff=9)
+    assert [f if isinstance(f, int) else f["offset"] for f in a.frames()] == [7, 8, 9, 10]
+    assert [f["offset"] for f in b.frames()] == [10]
+
+
+async def test_a_replay_read_for_an_earlier_recovery_does_not_finish_the_current_one() -> None:
+    tickets: list[object] = []
+    registry, _ = setup(on_resubscribed=lambda c, p, t: tickets.append(t))
+    a = RecordingSink()
+    await live(registry, a, "h")
+    registry.on_message(b"h", b"\x00ngh1 7 e0 7")
+    registry.flush()
+    for _ in range(2):  # the link drops again while the first replay is being read
+        registry.on_disconnected()
+        registry.on_connected(RecordingRedis())
+        registry.on_subscribed("h")
+    first, current = tickets
+    a.writes.clear()
+    assert not registry.finish_recovery("h", first, [b"\x81\x018"], cutoff=8)
+    assert a.writes == []
+    assert registry.finish_recovery("h", current, [b"\x81\x018"], cutoff=8)
+    assert a.frames() == [8]
 
 
 async def test_refused_subscription_fails_the_join() -> None:
@@ -364,7 +409,8 @@ async def test_frames_held_for_a_joining_reader_count_against_its_buffer_limit()
 
 async def test_a_recovery_whose_held_frames_pass_the_limit_turns_into_a_gap_at_once() -> None:
     finished: list[bool] = []
-    registry, _ = setup(on_resubscribed=lambda c, p: None, max_held_bytes=1000)
+    tickets: list[object] = []
+    registry, _ = setup(on_resubscribed=lambda c, p, t: tickets.append(t), max_held_bytes=1000)
     a = RecordingSink()
     await live(registry, a, "h")
     registry.on_message(b"h", b"\x00ngh1 1 e0 1")
@@ -381,7 +427,7 @@ async def test_a_recovery_whose_held_frames_pass_the_limit_turns_into_a_gap_at_o
         ("message", 2),
         ("message", 3),
     ]
-    finished.append(registry.finish_recovery("h", [b"late replay"], cutoff=3))
+    finished.append(registry.finish_recovery("h", tickets[0], [b"late replay"], cutoff=3))
     assert finished == [False]  # the replay read too late is not delivered
     registry.on_message(b"h", b"\x00ngh1 4 e0 4")
     registry.flush()

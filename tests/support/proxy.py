@@ -63,7 +63,8 @@ class FaultProxy:
     def reset(self) -> None:
         """Abort every proxied connection (RST), as a network failure would."""
         for writer in list(self._writers):
-            writer.transport.abort()
+            if not writer.transport.is_closing():  # one already gone cannot be aborted again
+                writer.transport.abort()
         self._writers.clear()
 
     async def close(self) -> None:
