@@ -43,6 +43,11 @@ class _NoRedis:
     def unsubscribe(self, channels: list[str]) -> None:
         pass
 
+    def barrier(self, channel: str) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)  # nothing is ever in flight here
+        return future
+
 
 def _message(channel: bytes, payload: bytes) -> bytes:
     """A pub/sub message as Redis sends it (RESP2)."""

@@ -187,6 +187,15 @@ class ClusterSubscriber:
             self._owner[channel] = node
             node.subscribe([channel])
 
+    def barrier(self, channel: str) -> asyncio.Future[None]:
+        """:meth:`PubSubProtocol.barrier` on the connection that carries ``channel``."""
+        node = self._owner.get(channel)
+        if node is None or node.protocol is None:
+            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(ConnectionError(f"no connection carries {channel!r}"))
+            return failed
+        return node.protocol.barrier(channel)
+
     def unsubscribe(self, channels: list[str]) -> None:
         self._lost.difference_update(channels)
         for channel in channels:

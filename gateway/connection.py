@@ -473,8 +473,16 @@ class ConnectionHandler:
         elif action.since is not None:
             fields["recovered"] = False
         reply = reply_frame("subscribed", ref, **fields)
-        tail = self._registry.activate(client, channel, cutoff)
-        client.send(b"".join([reply, *frames, tail]))
+        if cutoff is not None:
+            client.send(b"".join([reply, *frames]))
+            # Copies of messages up to the read's offset may still be on their way on the
+            # pub/sub connection: go live once they are in (held, and cut off), not before.
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+                    await self._registry.barrier(channel)
+            client.send(self._registry.activate(client, channel, cutoff))
+            return
+        client.send(b"".join([reply, self._registry.activate(client, channel, cutoff)]))
 
 
 def _session_of(client: ClientConnection) -> Session:

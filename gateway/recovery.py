@@ -9,8 +9,9 @@ process, so replays hold at most that many times the limit, whatever the request
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -109,9 +110,11 @@ class Recoverer:
         self,
         reader: HistoryReader,
         finish: Callable[[str, object, Sequence[bytes] | None, int], bool],
+        barrier: Callable[[str], Awaitable[None]],
     ) -> None:
         self._reader = reader
         self._finish = finish
+        self._barrier = barrier
         # channel -> (position, the registry's ticket for this recovery), in arrival order
         self._pending: dict[str, tuple[Position, object]] = {}
         self._workers: set[asyncio.Task[None]] = set()
@@ -137,6 +140,9 @@ class Recoverer:
             reason: str | None = "read_failed"
         else:
             reason = "no_history" if replay is None else replay.reason
+            # Live copies of replayed messages may still be on their way: finish after them.
+            with contextlib.suppress(ConnectionError):
+                await self._barrier(channel)
         # Logged only when delivered: meanwhile the connection may have dropped again, or
         # the live messages held for the channel may have passed the limit (a gap already).
         if replay is not None and replay.recovered:

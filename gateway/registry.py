@@ -81,6 +81,10 @@ class RedisCommands(Protocol):
 
     def unsubscribe(self, channels: list[str]) -> None: ...
 
+    def barrier(self, channel: str) -> asyncio.Future[None]:
+        """Resolves once every message Redis published on ``channel`` before now has arrived."""
+        ...
+
 
 class _State(enum.Enum):
     SUBSCRIBING = "subscribing"
@@ -259,6 +263,20 @@ class Registry:
         if channel not in self._state:
             self._request(channel)
         return future
+
+    def barrier(self, channel: str) -> asyncio.Future[None]:
+        """Resolves once every message Redis published on ``channel`` before now has been
+        taken in; fails with ConnectionError if the subscriber connection is lost first.
+
+        A history read on another connection can answer before messages published ahead of
+        it have arrived here: activating a reader with the read's offset as cutoff only
+        after this barrier keeps such late copies out of what it receives live.
+        """
+        if self._redis is None:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            future.set_exception(ConnectionError("Redis connection lost"))
+            return future
+        return self._redis.barrier(channel)
 
     def activate(self, sink: Sink, channel: str, cutoff: int | None = None) -> bytes:
         """Make a joined sink a live reader; return the frames buffered meanwhile.

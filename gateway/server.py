@@ -111,7 +111,9 @@ class Gateway:
         self.history = HistoryReader(
             self.redis, settings.history_prefix, settings.max_replay, settings.max_replay_bytes
         )
-        self.recoverer = Recoverer(self.history, self.registry.finish_recovery)
+        self.recoverer = Recoverer(
+            self.history, self.registry.finish_recovery, self.registry.barrier
+        )
         self.admission = AdmissionControl(
             self.redis, settings.admission, lease_s=max(10.0, 3 * settings.session_recheck_s)
         )

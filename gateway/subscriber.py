@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import random
 import socket
 from collections import deque
@@ -92,6 +93,8 @@ class PubSubProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self.lost: asyncio.Future[Exception | None] = self._loop.create_future()
+        # Callers of barrier() in this loop iteration, sharing the PING sent at its end.
+        self._barrier_waiters: list[asyncio.Future[None]] | None = None
         #: loop time of the last read: bytes arriving prove the link alive
         self.last_read = self._loop.time()
 
@@ -199,6 +202,26 @@ class PubSubProtocol(asyncio.Protocol):
         self._write(*args)
         return future
 
+    def barrier(self, channel: str = "") -> asyncio.Future[None]:
+        """Resolves once every message Redis sent on this connection before now has been
+        handed to the registry (one connection carries every channel).
+
+        A PING sent now is answered after them: Redis writes replies and messages to a
+        connection in the order it runs the commands. Barriers asked for in one loop
+        iteration share one PING; each caller has a future of its own, so cancelling one
+        leaves the others. Fails with ConnectionError when the link is lost first.
+        """
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        if self._barrier_waiters is None:
+            self._barrier_waiters = []
+            self._loop.call_soon(self._send_barrier)
+        self._barrier_waiters.append(waiter)
+        return waiter
+
+    def _send_barrier(self) -> None:
+        waiters, self._barrier_waiters = self._barrier_waiters or [], None
+        self.request("PING").add_done_callback(functools.partial(_release, waiters))
+
     def subscribe(self, channels: list[str]) -> None:
         if self._transport is not None:
             self._expect.append(_Pending(self._confirmations[0], list(channels)))
@@ -216,6 +239,17 @@ class PubSubProtocol(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+def _release(waiters: list[asyncio.Future[None]], pong: asyncio.Future[Any]) -> None:
+    failed = pong.cancelled() or pong.exception() is not None
+    for waiter in waiters:
+        if waiter.done():
+            continue
+        if failed:
+            waiter.set_exception(ConnectionError("Redis connection lost"))
+        else:
+            waiter.set_result(None)
 
 
 class Backoff:

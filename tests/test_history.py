@@ -272,3 +272,63 @@ async def test_a_subscribe_without_since_delivers_nothing_at_or_before_its_posit
         await publish_with_history(redis, "public:h-first", '"next"')
         message = await recv_json(ws)
         assert (message["offset"], message["data"]) == (3, "next")
+
+
+async def test_a_copy_arriving_late_on_the_pubsub_link_is_not_delivered_after_the_replay(
+    gateway: Gateway, make_session: MakeSession, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The history read (on a pooled connection) can answer before the pub/sub connection has
+    delivered a message published ahead of it; the client must not get that message again
+    live after its replay (found by the soak: offset N after N)."""
+    _, _, epoch = await publish_with_history(redis, "public:h-late", "1")
+    read = gateway.history.read
+    protocol = gateway.subscriber._protocol
+    assert protocol is not None
+    link = protocol._transport
+    assert link is not None
+
+    async def read_with_a_copy_in_flight(channel: str, since: Any) -> Any:
+        link.pause_reading()  # the copy of message 2 waits in the socket, unread
+        await publish_with_history(redis, "public:h-late", "2")
+        return await read(channel, since)
+
+    monkeypatch.setattr(gateway.history, "read", read_with_a_copy_in_flight)
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("late"))
+    async with ws:
+        reply = await subscribe(ws, "public:h-late", offset=0, epoch=epoch)
+        assert (reply["recovered"], reply["offset"]) == (True, 2)
+        assert [(await recv_json(ws))["offset"] for _ in range(2)] == [1, 2]  # the replay
+        monkeypatch.undo()
+        link.resume_reading()  # the late copy of 2 arrives now
+        await publish_with_history(redis, "public:h-late", "3")
+        assert (await recv_json(ws))["offset"] == 3
+
+
+async def test_a_copy_arriving_late_after_a_reconnect_is_not_delivered_after_the_recovery(
+    gateway: Gateway, make_session: MakeSession, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race for the gateway's own recovery of a channel after its pub/sub
+    connection came back: the replay, then the late live copy, must not both arrive."""
+    await publish_with_history(redis, "public:h-late2", "1")
+    ws, _ = await connect_authed(ws_url(gateway), await make_session("late2"))
+    async with ws:
+        await subscribe(ws, "public:h-late2")
+        read = gateway.history.read
+        loop = asyncio.get_running_loop()
+
+        async def read_with_a_copy_in_flight(channel: str, since: Any) -> Any:
+            protocol = gateway.subscriber._protocol
+            assert protocol is not None
+            assert protocol._transport is not None
+            protocol._transport.pause_reading()  # the copy of message 2 waits, unread
+            await publish_with_history(redis, "public:h-late2", "2")
+            replay = await read(channel, since)
+            loop.call_soon(protocol._transport.resume_reading)  # it arrives right after
+            return replay
+
+        monkeypatch.setattr(gateway.history, "read", read_with_a_copy_in_flight)
+        assert await redis.client_kill_filter(_type="pubsub") == 1
+        assert (await recv_json(ws))["offset"] == 2  # recovered
+        monkeypatch.undo()
+        await publish_with_history(redis, "public:h-late2", "3")
+        assert (await recv_json(ws))["offset"] == 3

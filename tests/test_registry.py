@@ -55,6 +55,11 @@ class RecordingRedis:
     def unsubscribe(self, channels: list[str]) -> None:
         self.commands.append(("UNSUBSCRIBE", channels))
 
+    def barrier(self, channel: str) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)  # nothing is ever in flight here
+        return future
+
 
 def setup(**kwargs: object) -> tuple[Registry, RecordingRedis]:
     registry = Registry(**kwargs)  # type: ignore[arg-type]
