@@ -52,10 +52,22 @@ def _parse_bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name}={raw!r} is not a boolean: use true or false")
 
 
+#: Kubernetes injects ``<SERVICE>_PORT=tcp://10.0.0.7:6379`` and friends for every Service
+#: of the namespace (service links): a Service named ``redis`` or ``gateway`` collides.
+_SERVICE_LINK_VALUE = re.compile(r"(tcp|udp|sctp)://", re.I)
+_SERVICE_LINK_NAME = re.compile(r".+_(SERVICE_(HOST|PORT)(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)")
+
+
 def _parse_int(name: str, raw: str, *, minimum: int, maximum: int | None = None) -> int:
     try:
         value = int(raw.strip())
     except ValueError:
+        if _SERVICE_LINK_VALUE.match(raw.strip()):
+            raise ConfigError(
+                f"{name}={raw!r} looks like a Kubernetes service link (a Service named "
+                f"{name.split('_')[0].lower()!r}): set enableServiceLinks: false in the pod "
+                "spec, or rename the Service"
+            ) from None
         raise ConfigError(
             f"{name}={raw!r} is not a whole number: use one {_bounds(minimum, maximum)}"
         ) from None
@@ -667,6 +679,8 @@ def config_warnings(env: Mapping[str, str], settings: GatewaySettings) -> list[C
     known = known_variables()
     warnings = []
     for name in sorted(env):
+        if _SERVICE_LINK_NAME.fullmatch(name):
+            continue  # set by Kubernetes for a Service, not by the operator
         if name.startswith(PREFIXES) and name not in known:
             fix = "see the README configuration table"
             # Compared without the prefix, which every name shares.

@@ -218,3 +218,18 @@ def test_redis_url_that_urllib_cannot_split_is_a_configuration_error() -> None:
     """Found by the config fuzz target: urlsplit's ValueError escaped as a traceback."""
     with pytest.raises(ConfigError, match="REDIS_URL is not a valid URL"):
         load_settings({"REDIS_URL": "redis://[abc"})
+
+
+def test_kubernetes_service_links_are_not_warned_and_a_colliding_port_is_explained() -> None:
+    """A Service named ``redis`` makes Kubernetes set REDIS_SERVICE_HOST, REDIS_PORT=tcp://...
+    and the like in every pod of the namespace."""
+    env = {
+        "REDIS_URL": "redis://h:1/0",
+        "REDIS_SERVICE_HOST": "10.0.0.7",
+        "REDIS_SERVICE_PORT": "6379",
+        "REDIS_PORT_6379_TCP": "tcp://10.0.0.7:6379",
+        "REDIS_PORT_6379_TCP_ADDR": "10.0.0.7",
+    }
+    assert config_warnings(env, load_settings(env)) == []
+    with pytest.raises(ConfigError, match="Kubernetes service link.*enableServiceLinks"):
+        load_settings({"REDIS_HOST": "redis", "REDIS_PORT": "tcp://10.0.0.7:6379"})
