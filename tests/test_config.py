@@ -231,5 +231,5 @@ def test_kubernetes_service_links_are_not_warned_and_a_colliding_port_is_explain
         "REDIS_PORT_6379_TCP_ADDR": "10.0.0.7",
     }
     assert config_warnings(env, load_settings(env)) == []
-    with pytest.raises(ConfigError, match="Kubernetes service link.*enableServiceLinks"):
+    with pytest.raises(ConfigError, match=r"Kubernetes service link.*enableServiceLinks"):
         load_settings({"REDIS_HOST": "redis", "REDIS_PORT": "tcp://10.0.0.7:6379"})
