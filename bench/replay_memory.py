@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 import orjson
+from notify_wire.history import DEFAULT_RETENTION_S, PUBLISH_SCRIPT, HistoryKeys
 from redis import Redis
 from websockets.asyncio.client import connect
 
 from bench.procs import SERVER_CORE, spawn, start_redis, stop
-from gateway.history import DEFAULT_RETENTION_S, PUBLISH_SCRIPT, HistoryKeys
 from tests.support.redis_server import free_port
 
 CHANNEL = "public:replay-memory"

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 
 import orjson
 import pytest
+from notify_publisher import AsyncPublisher
 from redis.asyncio import Redis
 
-from clients import AsyncPublisher
 from gateway.server import Gateway
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.process import ROOT

@@ -13,17 +13,17 @@ from typing import Any, TypeVar
 
 import orjson
 import pytest
-from redis.asyncio import Redis
-
-from clients import (
+from notify_publisher import (
     AsyncPublisher,
     Publisher,
     PublisherSettings,
     RedisRefusedError,
     RedisUnavailableError,
 )
-from clients.sessions import new_token
-from gateway.config import ConfigError
+from notify_publisher.sessions import new_token
+from notify_wire.env import ConfigError
+from redis.asyncio import Redis
+
 from gateway.server import Gateway
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.redis_server import RedisServer

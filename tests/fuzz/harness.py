@@ -19,8 +19,10 @@ from websockets.frames import Opcode
 from websockets.protocol import State
 from websockets.utils import accept_key
 
-from gateway.subscriber import PubSubProtocol
-from gateway.websocket import WebSocket, WebSocketOptions, WebSocketServer
+from gateway.broker.subscriber import PubSubProtocol
+from gateway.edge.options import WebSocketOptions
+from gateway.edge.server import WebSocketServer
+from gateway.edge.websocket import WebSocket
 
 __all__ = [
     "Finding",
@@ -262,7 +264,7 @@ def _drive(
         result = WsResult(
             bytes(transport.written[start:]),
             list(peer.messages),
-            peer.state,
+            peer.ws_state,
             transport.aborted,
             peer.close_code,
         )
@@ -283,7 +285,7 @@ def ws_exchange(pieces: list[bytes], *, compression: bool = False) -> WsResult:
 
 def http_exchange(pieces: list[bytes], respond: Callable[[Any], Any]) -> WsResult:
     """Feed raw request bytes to a fresh connection answered by ``respond`` (the gateway's
-    :func:`gateway.http.route_requests`); ``/ws`` upgrades are accepted."""
+    :class:`gateway.edge.http.Router`); ``/ws`` upgrades are accepted."""
     return _drive(pieces, ws_options(False), respond, None)
 
 

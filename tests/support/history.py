@@ -5,10 +5,9 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from notify_wire.history import DEFAULT_MAXLEN, DEFAULT_RETENTION_S, PUBLISH_SCRIPT, HistoryKeys
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
-
-from gateway.history import DEFAULT_MAXLEN, DEFAULT_RETENTION_S, PUBLISH_SCRIPT, HistoryKeys
 
 __all__ = ["PREFIX", "publish_with_history", "publish_with_history_sync"]
 
