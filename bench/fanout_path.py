@@ -1,6 +1,6 @@
 """``python -m bench.fanout_path``: the per-message cost of the gateway's Redis read path.
 
-Feeds RESP bytes of pub/sub messages straight to :class:`gateway.subscriber.PubSubProtocol`
+Feeds RESP bytes of pub/sub messages straight to :class:`gateway.subscriber.PubSubConnection`
 over a :class:`gateway.hub.Hub` whose readers only count writes, so the figure is
 the parsing, checking, framing and batching of one message, without sockets, Redis or
 clients (``python -m bench`` measures those end to end). Run it before and after a change
@@ -14,7 +14,7 @@ import asyncio
 import statistics
 import time
 
-from gateway.broker.subscriber import PubSubProtocol
+from gateway.broker.subscriber import PubSubConnection
 from gateway.core.hub import Hub
 
 CHANNELS = 200  # messages per socket read: one per channel
@@ -77,7 +77,7 @@ async def run(history: bool, repeats: int) -> list[float]:
         registry.on_subscribed(channel)
         await joined
         registry.activate(reader, channel)
-    protocol = PubSubProtocol(registry)
+    protocol = PubSubConnection(registry)
     figures = []
     for repeat in range(repeats):
         reads = _reads(channels, 1 + repeat * READS, history)  # offsets keep moving forward

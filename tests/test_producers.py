@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from gateway.broker.subscriber import PubSubProtocol
+from gateway.broker.subscriber import PubSubConnection
 from gateway.core.hub import Hub
 from gateway.server import Gateway
 from tests.conftest import MakeSession, ws_url
@@ -129,7 +129,7 @@ async def test_an_exception_while_handling_one_message_costs_that_message_only()
     registry.on_subscribed("news")
     await joined
     registry.activate(sink, "news")
-    protocol = PubSubProtocol(registry)
+    protocol = PubSubConnection(registry)
     transport = Transport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     with capture_logs() as logs:

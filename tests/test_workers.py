@@ -17,7 +17,7 @@ from notify_wire.sessions import session_digest
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 
-from gateway.cli import main
+from gateway.cli.main import main
 from gateway.config import load_settings
 from tests.conftest import MakeSession
 from tests.support.process import GatewayProcess

@@ -27,7 +27,7 @@ from notify_wire.redis_config import RedisConfig
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from gateway.broker.subscriber import PubSubProtocol, Subscriber
+from gateway.broker.subscriber import PubSubConnection, Subscriber
 from gateway.core.hub import Hub
 
 __all__ = ["ClusterSubscriber"]
@@ -44,7 +44,7 @@ class _Node:
         self._cluster = cluster
         self.address = address
         self.channels: set[str] = set()
-        self.protocol: PubSubProtocol | None = None
+        self.protocol: PubSubConnection | None = None
         self.subscriber = Subscriber(
             config,
             self,
@@ -76,7 +76,7 @@ class _Node:
 
     # -- PubSubListener: what the connection reports --------------------------
 
-    def on_connected(self, redis: PubSubProtocol) -> None:
+    def on_connected(self, redis: PubSubConnection) -> None:
         self.protocol = redis
         if self.channels:
             self._send_by_slot(sorted(self.channels))
@@ -189,7 +189,7 @@ class ClusterSubscriber:
             node.subscribe([channel])
 
     def barrier(self, channel: str) -> asyncio.Future[None]:
-        """:meth:`PubSubProtocol.barrier` on the connection that carries ``channel``."""
+        """:meth:`PubSubConnection.barrier` on the connection that carries ``channel``."""
         node = self._owner.get(channel)
         if node is None or node.protocol is None:
             failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()

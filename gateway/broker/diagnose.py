@@ -110,6 +110,11 @@ def _scrub(text: str, config: RedisConfig) -> str:
 
 
 def _from_reply(code: str, text: str, config: RedisConfig, doing: str | None) -> Diagnosis:
+    return _access_reply(code, text, config, doing) or _state_reply(code, text, config)
+
+
+def _access_reply(code: str, text: str, config: RedisConfig, doing: str | None) -> Diagnosis | None:
+    """Redis refused who we are or what we may do: credentials, ACL, protected mode."""
     at = f"Redis at {config.address}"
     if code == "NOAUTH":
         return Diagnosis(
@@ -156,6 +161,12 @@ def _from_reply(code: str, text: str, config: RedisConfig, doing: str | None) ->
             "give it a password (requirepass or an ACL user) and configure it here",
             fatal=True,
         )
+    return None
+
+
+def _state_reply(code: str, text: str, config: RedisConfig) -> Diagnosis:
+    """Redis cannot serve now, or not this way: memory, loading, replica, databases."""
+    at = f"Redis at {config.address}"
     if code == "OOM":
         return Diagnosis(
             "out_of_memory",

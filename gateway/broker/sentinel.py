@@ -9,11 +9,11 @@ session-read client uses redis-py's own Sentinel support (see ``redis_client``).
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 import hiredis
 import structlog
+from notify_wire.errors import describe
 from notify_wire.redis_config import RedisConfig
 
 __all__ = ["SentinelError", "master_address", "redis_address"]
@@ -51,12 +51,6 @@ async def _ask(host: str, port: int, config: RedisConfig) -> Any:
         writer.close()
 
 
-def _why(exc: OSError | TimeoutError) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
-
-
 async def master_address(config: RedisConfig) -> tuple[str, int]:
     """The master's ``(host, port)`` from the first sentinel that knows it."""
     errors = []
@@ -65,7 +59,7 @@ async def master_address(config: RedisConfig) -> tuple[str, int]:
             async with asyncio.timeout(config.connect_timeout_s):
                 reply = await _ask(host, port, config)
         except (OSError, TimeoutError) as exc:
-            errors.append(f"{host}:{port}: {_why(exc)}")
+            errors.append(f"{host}:{port}: {describe(exc).lower()}")
             continue
         if isinstance(reply, list) and len(reply) == 2:
             master = reply[0].decode(), int(reply[1])

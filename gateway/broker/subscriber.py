@@ -1,6 +1,6 @@
 """The one Redis pub/sub connection of a gateway process, supervised.
 
-:class:`PubSubProtocol` is a lean asyncio protocol over a hiredis reader: every
+:class:`PubSubConnection` is a lean asyncio protocol over a hiredis reader: every
 chunk read from the socket is parsed into replies, messages go to the registry,
 and the registry's batch is flushed at the end of the chunk, so fan-out is
 batched exactly as Redis delivers. An exception while handling one reply costs that
@@ -26,13 +26,14 @@ from typing import Any, Protocol, cast
 import hiredis
 import structlog
 from notify_wire.backoff import REDIS_RECONNECT, Backoff
+from notify_wire.errors import describe
 from notify_wire.redis_config import RedisConfig
 
 from gateway.broker.diagnose import RedisReplyError, RedisSetupError, diagnose
 from gateway.broker.probe import refine
 from gateway.broker.sentinel import redis_address
 
-__all__ = ["PubSubProtocol", "Subscriber"]
+__all__ = ["PubSubConnection", "Subscriber"]
 
 log = structlog.get_logger("gateway.subscriber")
 
@@ -55,7 +56,7 @@ class PubSubListener(Protocol):
 
     def on_subscribe_refused(self, channels: list[str], message: str) -> None: ...
 
-    def on_connected(self, redis: PubSubProtocol) -> None: ...
+    def on_connected(self, redis: PubSubConnection) -> None: ...
 
     def on_disconnected(self) -> None: ...
 
@@ -75,7 +76,7 @@ class _Pending:
     channels: list[str]
 
 
-class PubSubProtocol(asyncio.Protocol):
+class PubSubConnection(asyncio.Protocol):
     """RESP2 pub/sub connection: replies in order, messages to the registry.
 
     With ``sharded`` it speaks Redis 7 sharded pub/sub (SSUBSCRIBE, ``smessage``) to one
@@ -270,7 +271,7 @@ class Subscriber:
         self._sharded = sharded
         self._ping_interval_s = ping_interval_s
         self._ping_timeout_s = ping_timeout_s
-        self._protocol: PubSubProtocol | None = None
+        self._protocol: PubSubConnection | None = None
         self._ready = asyncio.Event()
         self.backoff = Backoff(REDIS_RECONNECT)
         self.reconnects = 0
@@ -284,11 +285,11 @@ class Subscriber:
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
-    async def connect(self) -> PubSubProtocol:
+    async def connect(self) -> PubSubConnection:
         """Open and authenticate one connection; raises on any failure."""
         config = self._config
         loop = asyncio.get_running_loop()
-        protocol = PubSubProtocol(self._registry, sharded=self._sharded)
+        protocol = PubSubConnection(self._registry, sharded=self._sharded)
         ssl_context = self._ssl_context
         host, port = await redis_address(config)  # asks each sentinel in turn in Sentinel mode
         async with asyncio.timeout(config.connect_timeout_s):
@@ -364,7 +365,7 @@ class Subscriber:
             )
             await asyncio.sleep(delay)
 
-    async def _watch(self, protocol: PubSubProtocol) -> str:
+    async def _watch(self, protocol: PubSubConnection) -> str:
         """Ping until the connection fails; return why it ended."""
         while not protocol.lost.done():
             done, _ = await asyncio.wait({protocol.lost}, timeout=self._ping_interval_s)
@@ -385,16 +386,8 @@ class Subscriber:
             self.ping_latency_s = loop.time() - sent
         exc = protocol.lost.result() if protocol.lost.done() else None
         if exc is not None:
-            return _describe(exc)
+            return describe(exc)
         return (
             "closed by Redis (restart, CLIENT KILL, timeout, or the pubsub "
             "client-output-buffer-limit was exceeded)"
         )
-
-
-def _describe(exc: BaseException) -> str:
-    """A log-safe, one-line description of a connection failure."""
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]

@@ -118,42 +118,21 @@ class FanOut:
         self.messages_received += 1
         name, head = named
         if len(payload) > self._max_message_bytes:
-            if (suppressed := self._dropped("oversized")) is not None:
-                log.warning(
-                    "message_dropped",
-                    reason="oversized",
-                    channel=name,
-                    size_bytes=len(payload),
-                    limit_bytes=self._max_message_bytes,
-                    suppressed=suppressed,
-                )
+            self._drop(
+                "oversized", name, size_bytes=len(payload), limit_bytes=self._max_message_bytes
+            )
             return
         offset: int | None = None
         if payload[:1] == _ENVELOPE_FIRST and payload.startswith(ENVELOPE_PREFIX):
             envelope = open_envelope(payload)
             if envelope is None:
-                if (suppressed := self._dropped("bad_envelope")) is not None:
-                    log.warning(
-                        "message_dropped",
-                        reason="bad_envelope",
-                        channel=name,
-                        size_bytes=len(payload),
-                        suppressed=suppressed,
-                    )
+                self._drop("bad_envelope", name, size_bytes=len(payload))
                 return
             offset, epoch, data = envelope
             known = self._positions.get(name)
             if known is not None and known[1] == epoch and offset <= known[0]:
                 # Redis delivers a stream's offsets in order: this one is forged or replayed.
-                if (suppressed := self._dropped("stale_offset")) is not None:
-                    log.warning(
-                        "message_dropped",
-                        reason="stale_offset",
-                        channel=name,
-                        offset=offset,
-                        position=known[0],
-                        suppressed=suppressed,
-                    )
+                self._drop("stale_offset", name, offset=offset, position=known[0])
                 return
             self._positions[name] = (offset, epoch)
             frame = message_frame_from(head, data, offset, epoch)
@@ -172,6 +151,13 @@ class FanOut:
                 queued.append(frame)
             else:
                 batch[name] = [queued, frame]
+
+    def _drop(self, reason: str, channel: str, **fields: object) -> None:
+        """Count a dropped message; log it unless its reason was logged within a second."""
+        if (suppressed := self._dropped(reason)) is not None:
+            log.warning(
+                "message_dropped", reason=reason, channel=channel, suppressed=suppressed, **fields
+            )
 
     def message_failed(self, channel: bytes, error: Exception) -> None:
         """Handling one message raised (a bug): it is dropped, the link and the batch go on."""

@@ -98,20 +98,38 @@ def _backoff() -> AbstractBackoff:
     return _PolicyBackoff()
 
 
+def _cluster_kwargs(config: RedisConfig) -> dict[str, Any]:
+    """A cluster has database 0 only; 32 pooled connections per node."""
+    kwargs = {k: v for k, v in redis_kwargs(config).items() if k != "db"}
+    return {**kwargs, "max_connections": 32}
+
+
 def async_cluster(config: RedisConfig) -> RedisCluster:
     """A Redis Cluster client: follows MOVED redirections and refreshes its slot map."""
-    kwargs = {k: v for k, v in redis_kwargs(config).items() if k != "db"}
-    return RedisCluster(
-        **kwargs, retry=AsyncRetry(_backoff(), config.max_retries), max_connections=32
-    )
+    return RedisCluster(**_cluster_kwargs(config), retry=AsyncRetry(_backoff(), config.max_retries))
 
 
 def sync_cluster(config: RedisConfig) -> redis.cluster.RedisCluster:
     """The blocking twin of :func:`async_cluster`, for the publisher library."""
-    kwargs = {k: v for k, v in redis_kwargs(config).items() if k != "db"}
     return redis.cluster.RedisCluster(
-        **kwargs, retry=Retry(_backoff(), config.max_retries), max_connections=32
+        **_cluster_kwargs(config), retry=Retry(_backoff(), config.max_retries)
     )
+
+
+def _sentinel_kwargs(config: RedisConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(Sentinel(...) arguments, master_for(...) arguments)``: where the sentinels are,
+    and how to talk to the master they name (its address comes from them)."""
+    assert config.sentinel_master is not None
+    sentinel = {
+        "sentinels": config.sentinels,
+        "sentinel_kwargs": {
+            "password": config.sentinel_password,
+            "socket_connect_timeout": config.connect_timeout_s,
+            "socket_timeout": config.connect_timeout_s,
+        },
+    }
+    master = {k: v for k, v in redis_kwargs(config).items() if k not in ("host", "port")}
+    return sentinel, {"service_name": config.sentinel_master, **master}
 
 
 def async_redis(config: RedisConfig, max_connections: int = 32) -> redis.asyncio.Redis:
@@ -124,26 +142,14 @@ def async_redis(config: RedisConfig, max_connections: int = 32) -> redis.asyncio
     """
     retries = AsyncRetry(_backoff(), config.max_retries)
     if config.sentinels:
-        kwargs = redis_kwargs(config)
-        for key in ("host", "port"):
-            del kwargs[key]
-        assert config.sentinel_master is not None
-        sentinel = Sentinel(
-            config.sentinels,
-            sentinel_kwargs={
-                "password": config.sentinel_password,
-                "socket_connect_timeout": config.connect_timeout_s,
-                "socket_timeout": config.connect_timeout_s,
-            },
-        )
-        client: redis.asyncio.Redis = sentinel.master_for(
-            config.sentinel_master,
+        sentinel, master = _sentinel_kwargs(config)
+        client: redis.asyncio.Redis = Sentinel(**sentinel).master_for(
             redis_class=_SentinelRedis,
             connection_pool_class=_BlockingSentinelPool,
             timeout=max(config.connect_timeout_s, 5.0),
             max_connections=max_connections,
             retry=retries,
-            **kwargs,
+            **master,
         )
         return client
     pool = redis.asyncio.BlockingConnectionPool(
@@ -160,23 +166,11 @@ def sync_redis(config: RedisConfig, max_connections: int = 32) -> redis.Redis:
     connection instead of failing.
     """
     if config.sentinels:
-        kwargs = redis_kwargs(config)
-        for key in ("host", "port"):
-            del kwargs[key]
-        assert config.sentinel_master is not None
-        sentinel = redis.sentinel.Sentinel(
-            config.sentinels,
-            sentinel_kwargs={
-                "password": config.sentinel_password,
-                "socket_connect_timeout": config.connect_timeout_s,
-                "socket_timeout": config.connect_timeout_s,
-            },
-        )
-        client: redis.Redis = sentinel.master_for(
-            config.sentinel_master,
+        sentinel, master = _sentinel_kwargs(config)
+        client: redis.Redis = redis.sentinel.Sentinel(**sentinel).master_for(
             max_connections=max_connections,
             retry=Retry(_backoff(), config.max_retries),
-            **kwargs,
+            **master,
         )
         return client
     pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]  # untyped in redis-py

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from notify_wire.errors import describe
 from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -44,10 +45,6 @@ class RedisRefusedError(PublisherError):
     """Redis answered the command with an error; retrying the same call will not help."""
 
 
-def _text(error: Exception) -> str:
-    return str(error).rstrip(".") or type(error).__name__
-
-
 @contextmanager
 def redis_errors(address: str, operation: str, attempts: int) -> Iterator[None]:
     """Turn redis-py exceptions raised inside the block into :class:`PublisherError`."""
@@ -55,17 +52,17 @@ def redis_errors(address: str, operation: str, attempts: int) -> Iterator[None]:
         yield
     except AuthenticationError as exc:  # a ConnectionError subclass: test it first
         raise RedisRefusedError(
-            f"Redis at {address} refused the credentials ({_text(exc)}): "
+            f"Redis at {address} refused the credentials ({describe(exc)}): "
             "check REDIS_URL or REDIS_USERNAME/REDIS_PASSWORD",
             address,
         ) from exc
     except (RedisConnectionError, RedisTimeoutError) as exc:
         raise RedisUnavailableError(
             f"cannot reach Redis at {address} for {operation} after {attempts} attempts "
-            f"({_text(exc)}); is Redis running?",
+            f"({describe(exc)}); is Redis running?",
             address,
         ) from exc
     except RedisError as exc:
         raise RedisRefusedError(
-            f"Redis at {address} refused {operation}: {_text(exc)}", address
+            f"Redis at {address} refused {operation}: {describe(exc)}", address
         ) from exc

@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import ssl
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from notify_wire.env import ConfigError, parse_bool, parse_int, parse_list, read
+from notify_wire.errors import describe
 
 __all__ = ["DEFAULT_REDIS_URL", "RedisConfig", "host_port", "load_redis_config"]
 
@@ -85,7 +87,7 @@ class RedisConfig:
         except (OSError, ValueError) as exc:
             raise ConfigError(
                 f"REDIS_TLS_CA_PATH={self.tls_ca_path}: cannot load a CA certificate from it "
-                f"({_reason(exc)}): point it at a PEM file"
+                f"({describe(exc)}): point it at a PEM file"
             ) from None
         if self.tls_cert_path:
             try:
@@ -94,21 +96,13 @@ class RedisConfig:
                 raise ConfigError(
                     f"REDIS_TLS_CERT_PATH={self.tls_cert_path} / REDIS_TLS_KEY_PATH="
                     f"{self.tls_key_path}: cannot load the client certificate and key "
-                    f"({_reason(exc)}): use PEM files that match (the key may be in the "
+                    f"({describe(exc)}): use PEM files that match (the key may be in the "
                     "certificate file)"
                 ) from None
         if not self.tls_verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, ssl.SSLError):
-        return exc.reason or "not a valid certificate"
-    if isinstance(exc, OSError):
-        return exc.strerror or type(exc).__name__
-    return str(exc)
 
 
 def host_port(host: str, port: int) -> str:
@@ -171,55 +165,21 @@ def load_redis_config(env: Mapping[str, str]) -> RedisConfig:
     """Build the Redis settings from ``REDIS_URL``, the split ``REDIS_*`` variables, or
     ``REDIS_SENTINELS``."""
     url = env.get("REDIS_URL", "").strip()
-    if url:
-        config = _parse_redis_url(url)
-    else:
-        host = env.get("REDIS_HOST", "").strip()
-        config = RedisConfig(
-            host=host or "localhost",
-            port=read(
-                env, "REDIS_PORT", 6379, lambda n, r: parse_int(n, r, minimum=1, maximum=65535)
-            ),
-            username=env.get("REDIS_USERNAME") or None,
-            password=env.get("REDIS_PASSWORD") or None,
-            db=read(env, "REDIS_DB", 0, lambda n, r: parse_int(n, r, minimum=0)),
-            explicit=bool(host),
-        )
+    config = _parse_redis_url(url) if url else _split_variables(env)
     tls = config.tls or read(env, "REDIS_TLS", False, parse_bool)
     if config.tls and env.get("REDIS_TLS", "").strip().lower() in ("0", "false", "no", "off"):
         raise ConfigError(
             "REDIS_URL uses rediss:// (TLS) but REDIS_TLS=false: remove REDIS_TLS or use redis://"
         )
-    paths: dict[str, str | None] = {}
-    for name in ("REDIS_TLS_CA_PATH", "REDIS_TLS_CERT_PATH", "REDIS_TLS_KEY_PATH"):
-        value = env.get(name, "").strip() or None
-        if value is not None and not tls:
-            raise ConfigError(
-                f"{name} is set but TLS is off: set REDIS_TLS=true or use a rediss:// URL"
-            )
-        paths[name] = value
-    if paths["REDIS_TLS_KEY_PATH"] and not paths["REDIS_TLS_CERT_PATH"]:
-        raise ConfigError("REDIS_TLS_KEY_PATH is set without REDIS_TLS_CERT_PATH: set both")
     cluster = read(env, "REDIS_CLUSTER", False, parse_bool)
     if cluster and config.db != 0:
         raise ConfigError(
             "REDIS_CLUSTER=true but a database other than 0 is selected: Redis Cluster has "
             "only database 0; remove the /N from REDIS_URL or REDIS_DB"
         )
-    tls_verify = read(env, "REDIS_TLS_REJECT_UNAUTHORIZED", True, parse_bool)
-    if not tls_verify and not tls:
-        # Whoever turned verification off expected TLS: never carry on in plaintext.
-        raise ConfigError(
-            "REDIS_TLS_REJECT_UNAUTHORIZED=false is set but TLS is off: set REDIS_TLS=true "
-            "or use a rediss:// URL (or remove the variable)"
-        )
     config = dataclasses.replace(
         config,
-        tls=tls,
-        tls_ca_path=paths["REDIS_TLS_CA_PATH"],
-        tls_cert_path=paths["REDIS_TLS_CERT_PATH"],
-        tls_key_path=paths["REDIS_TLS_KEY_PATH"],
-        tls_verify=tls_verify,
+        **_tls_files(env, tls),
         connect_timeout_s=read(
             env,
             "REDIS_CONNECT_TIMEOUT",
@@ -230,6 +190,46 @@ def load_redis_config(env: Mapping[str, str]) -> RedisConfig:
         cluster=cluster,
     )
     return _load_sentinel(env, config)
+
+
+def _split_variables(env: Mapping[str, str]) -> RedisConfig:
+    host = env.get("REDIS_HOST", "").strip()
+    return RedisConfig(
+        host=host or "localhost",
+        port=read(env, "REDIS_PORT", 6379, lambda n, r: parse_int(n, r, minimum=1, maximum=65535)),
+        username=env.get("REDIS_USERNAME") or None,
+        password=env.get("REDIS_PASSWORD") or None,
+        db=read(env, "REDIS_DB", 0, lambda n, r: parse_int(n, r, minimum=0)),
+        explicit=bool(host),
+    )
+
+
+def _tls_files(env: Mapping[str, str], tls: bool) -> dict[str, Any]:
+    """``tls`` and the ``tls_*`` fields of :class:`RedisConfig`, checked against each other."""
+    paths: dict[str, str | None] = {}
+    for name in ("REDIS_TLS_CA_PATH", "REDIS_TLS_CERT_PATH", "REDIS_TLS_KEY_PATH"):
+        value = env.get(name, "").strip() or None
+        if value is not None and not tls:
+            raise ConfigError(
+                f"{name} is set but TLS is off: set REDIS_TLS=true or use a rediss:// URL"
+            )
+        paths[name] = value
+    if paths["REDIS_TLS_KEY_PATH"] and not paths["REDIS_TLS_CERT_PATH"]:
+        raise ConfigError("REDIS_TLS_KEY_PATH is set without REDIS_TLS_CERT_PATH: set both")
+    tls_verify = read(env, "REDIS_TLS_REJECT_UNAUTHORIZED", True, parse_bool)
+    if not tls_verify and not tls:
+        # Whoever turned verification off expected TLS: never carry on in plaintext.
+        raise ConfigError(
+            "REDIS_TLS_REJECT_UNAUTHORIZED=false is set but TLS is off: set REDIS_TLS=true "
+            "or use a rediss:// URL (or remove the variable)"
+        )
+    return {
+        "tls": tls,
+        "tls_ca_path": paths["REDIS_TLS_CA_PATH"],
+        "tls_cert_path": paths["REDIS_TLS_CERT_PATH"],
+        "tls_key_path": paths["REDIS_TLS_KEY_PATH"],
+        "tls_verify": tls_verify,
+    }
 
 
 def _parse_redis_url(url: str) -> RedisConfig:
