@@ -46,7 +46,9 @@ class Host(Protocol):
         """The login step of a new connection."""
         ...
 
-    def command(self, client: ClientConnection, data: str | bytes) -> None: ...
+    def handle(self, client: ClientConnection, data: str | bytes) -> None:
+        """One frame of a logged-in client."""
+        ...
 
     def finished(self, client: ClientConnection) -> None: ...
 
@@ -108,7 +110,7 @@ class ClientConnection(WebSocket):
             if len(self._inbox) >= INBOX_PAUSE:
                 self.pause_reading()
             return
-        self._host.command(self, data)
+        self._host.handle(self, data)
 
     def finished(self) -> None:
         if self.started is None:
@@ -175,7 +177,7 @@ class ClientConnection(WebSocket):
             self._host.finished(self)  # deferred until the step was over
             return
         while inbox and self._inbox is None:
-            self._host.command(self, inbox.popleft())
+            self._host.handle(self, inbox.popleft())
         if self._inbox is not None:  # another step started: the rest waits for it
             self._inbox.extend(inbox)
         if self._inbox is None or len(self._inbox) < INBOX_PAUSE:

@@ -76,7 +76,7 @@ class ConnectionHandler:
     def background(self, work: Coroutine[None, None, None]) -> asyncio.Task[None]:
         return self.tasks.start(work)
 
-    def command(self, client: ClientConnection, data: str | bytes) -> None:
+    def handle(self, client: ClientConnection, data: str | bytes) -> None:
         """Handle one frame of a logged-in client."""
         state = client.state
         if state is None or client.closed:

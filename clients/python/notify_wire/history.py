@@ -27,8 +27,6 @@ import dataclasses
 import re
 
 __all__ = [
-    "DEFAULT_MAXLEN",
-    "DEFAULT_RETENTION_S",
     "ENVELOPE_PREFIX",
     "MAX_OFFSET",
     "PUBLISH_SCRIPT",
@@ -40,14 +38,14 @@ __all__ = [
     "position_problem",
 ]
 
-DEFAULT_MAXLEN = 1000
-DEFAULT_RETENTION_S = 24 * 3600
 ENVELOPE_PREFIX = b"\x00ngh1 "
 #: the largest offset an envelope may carry: the largest integer a JavaScript number holds exactly
 MAX_OFFSET = 2**53 - 1
 _EPOCH = re.compile(r"[0-9a-f]{1,32}")
 # An offset of at most 16 digits without a leading zero, an epoch, and the data after a space.
-_ENVELOPE = re.compile(rb"\x00ngh1 ([1-9][0-9]{0,15}) ([0-9a-f]{1,32}) ")
+_ENVELOPE = re.compile(re.escape(ENVELOPE_PREFIX) + rb"([1-9][0-9]{0,15}) ([0-9a-f]{1,32}) ")
+# The prefix as a Lua string literal (the NUL byte escaped), for the publish script.
+_LUA_PREFIX = ENVELOPE_PREFIX.decode().replace("\x00", "\\0")
 
 # KEYS: meta, stream. ARGV: channel, payload, maxlen, retention seconds, candidate epoch,
 # and the publish command: PUBLISH, or SPUBLISH on a cluster (the channel hashes to the slot
@@ -67,9 +65,9 @@ local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'd', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-local envelope = '\\0ngh1 ' .. offset .. ' ' .. epoch .. ' ' .. ARGV[2]
+local envelope = '$PREFIX' .. offset .. ' ' .. epoch .. ' ' .. ARGV[2]
 return {redis.call(ARGV[6] or 'PUBLISH', ARGV[1], envelope), offset, epoch}
-"""
+""".replace("$PREFIX", _LUA_PREFIX)
 
 # KEYS: meta, stream. ARGV: first stream id wanted ('' for none), most entries, most bytes of
 # data. Answers {meta, entries, over}: the entries are read in pages of 16 and given up as soon
