@@ -12,6 +12,8 @@ from redis.asyncio import Redis
 
 __all__ = ["PREFIX", "publish_with_history", "publish_with_history_sync"]
 
+HISTORY_SIZE = SharedSettings().history_size
+
 PREFIX = "notify-gateway:history:"
 
 
@@ -27,14 +29,14 @@ def _result(reply: list[Any]) -> tuple[int, int, str]:
 
 
 async def publish_with_history(
-    redis: Redis, channel: str, data: bytes | str, *, maxlen: int = SharedSettings().history_size
+    redis: Redis, channel: str, data: bytes | str, *, maxlen: int = HISTORY_SIZE
 ) -> tuple[int, int, str]:
     """(receivers, offset, epoch) of one atomic append-and-publish."""
     return _result(await redis.eval(*_script_args(channel, data, maxlen)))
 
 
 def publish_with_history_sync(
-    redis: SyncRedis, channel: str, data: bytes | str, *, maxlen: int = SharedSettings().history_size
+    redis: SyncRedis, channel: str, data: bytes | str, *, maxlen: int = HISTORY_SIZE
 ) -> tuple[int, int, str]:
     """:func:`publish_with_history` for a synchronous client (the Playwright tests)."""
     return _result(redis.eval(*_script_args(channel, data, maxlen)))
