@@ -18,12 +18,12 @@ import sys
 from pathlib import Path
 
 import orjson
-from notify_wire.history import PUBLISH_SCRIPT, HistoryKeys
-from notify_wire.shared import SharedSettings
 from redis import Redis
 from websockets.asyncio.client import connect
 
 from bench.procs import SERVER_CORE, spawn, start_redis, stop, wait_ready
+from notify_wire.history import PUBLISH_SCRIPT, HistoryKeys
+from notify_wire.shared import SharedSettings
 from tests.support.redis_server import free_port
 
 CHANNEL = "public:replay-memory"

@@ -41,13 +41,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from notify_publisher import AsyncPublisher, PublisherError
-from notify_wire.channels import CONTROL_CHANNEL
-from notify_wire.history import ENVELOPE_PREFIX, HistoryKeys
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from notify_publisher import AsyncPublisher, PublisherError
+from notify_wire.channels import CONTROL_CHANNEL
+from notify_wire.history import ENVELOPE_PREFIX, HistoryKeys
 from tests.support.process import GatewayProcess
 from tests.support.proxy import FaultProxy
 from tests.support.redis_server import RedisServer, free_port

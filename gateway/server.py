@@ -6,11 +6,6 @@ import asyncio
 import contextlib
 
 import structlog
-from notify_publisher.connect import AnyRedis, async_cluster, async_redis
-from notify_wire.backoff import REDIS_RECONNECT, Backoff
-from notify_wire.channels import CONTROL_CHANNEL
-from notify_wire.codes import CloseReason
-from notify_wire.history import Position
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 from websockets.typing import Origin
@@ -34,6 +29,11 @@ from gateway.services.access import verify_gateway_access
 from gateway.services.admission import AdmissionControl
 from gateway.services.auth import SessionStore
 from gateway.services.history import HistoryReader, Recoverer
+from notify_publisher.connect import AnyRedis, async_cluster, async_redis
+from notify_wire.backoff import REDIS_RECONNECT, Backoff
+from notify_wire.channels import CONTROL_CHANNEL
+from notify_wire.codes import CloseReason
+from notify_wire.history import Position
 
 __all__ = ["Gateway", "websocket_options"]
 

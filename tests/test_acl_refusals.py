@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import orjson
 import pytest
-from notify_wire.channels import CONTROL_CHANNEL
-from notify_wire.control import revoke_message
-from notify_wire.sessions import session_digest
 from redis.asyncio import Redis
 
 from gateway.server import Gateway
+from notify_wire.channels import CONTROL_CHANNEL
+from notify_wire.control import revoke_message
+from notify_wire.sessions import session_digest
 from tests.conftest import MakeGateway, ws_url
 from tests.support.acl import documented_acl_users
 from tests.support.redis_server import RedisServer

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import orjson
 import pytest
-from notify_wire.codes import CloseReason
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 from websockets.asyncio.client import connect
@@ -20,6 +19,7 @@ from websockets.asyncio.client import connect
 from gateway.config import Admission
 from gateway.server import Gateway
 from gateway.services.admission import AdmissionControl
+from notify_wire.codes import CloseReason
 from tests.conftest import MakeGateway, ws_url
 from tests.support.acl import documented_acl_users
 from tests.support.redis_server import RedisServer

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 
 import orjson
 import pytest
-from notify_publisher import AsyncPublisher
 from redis.asyncio import Redis
 
 from gateway.server import Gateway
+from notify_publisher import AsyncPublisher
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.process import ROOT
 from tests.support.redis_server import RedisServer, free_port

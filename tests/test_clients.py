@@ -13,6 +13,9 @@ from typing import Any, TypeVar
 
 import orjson
 import pytest
+from redis.asyncio import Redis
+
+from gateway.server import Gateway
 from notify_publisher import (
     AsyncPublisher,
     Publisher,
@@ -22,9 +25,6 @@ from notify_publisher import (
 )
 from notify_publisher.sessions import new_token
 from notify_wire.env import ConfigError
-from redis.asyncio import Redis
-
-from gateway.server import Gateway
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.redis_server import RedisServer
 from tests.support.tokens import issued

@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator, Iterator
 
 import orjson
 import pytest
+from redis.asyncio.cluster import RedisCluster
+from websockets.asyncio.client import ClientConnection
+
 from notify_publisher import AsyncPublisher, Publisher
 from notify_wire.channels import CONTROL_CHANNEL
 from notify_wire.control import revoke_message
 from notify_wire.sessions import session_digest
-from redis.asyncio.cluster import RedisCluster
-from websockets.asyncio.client import ClientConnection
-
 from tests.conftest import MakeGateway, ws_url
 from tests.support.cluster import RedisClusterProcesses
 from tests.support.tokens import new_token

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from notify_wire.env import ConfigError
-from notify_wire.redis_config import load_redis_config
 
 from gateway.config import config_warnings, connections_for, known_variables, load_settings
+from notify_wire.env import ConfigError
+from notify_wire.redis_config import load_redis_config
 from tests.support.process import ROOT
 
 

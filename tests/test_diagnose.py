@@ -9,11 +9,11 @@ import socket
 import ssl
 
 import pytest
-from notify_publisher.connect import async_redis
-from notify_wire.redis_config import RedisConfig, load_redis_config
 from redis import exceptions as rx
 
 from gateway.broker.diagnose import RedisReplyError, diagnose
+from notify_publisher.connect import async_redis
+from notify_wire.redis_config import RedisConfig, load_redis_config
 from tests.support.process import ROOT
 
 PLAIN = load_redis_config({"REDIS_URL": "redis://:hunter2@cache.internal:6380/0"})

@@ -7,14 +7,14 @@ import logging
 
 import orjson
 import pytest
-from notify_wire.channels import CONTROL_CHANNEL
-from notify_wire.control import revoke_message
-from notify_wire.sessions import session_digest
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 from websockets.frames import Frame, Opcode
 
 from gateway.server import Gateway
+from notify_wire.channels import CONTROL_CHANNEL
+from notify_wire.control import revoke_message
+from notify_wire.sessions import session_digest
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.tokens import new_token
 from tests.support.ws import (

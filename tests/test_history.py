@@ -6,12 +6,12 @@ import asyncio
 from typing import Any
 
 import pytest
-from notify_wire.history import PUBLISH_SCRIPT, HistoryKeys
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from websockets.asyncio.client import ClientConnection
 
 from gateway.server import Gateway
+from notify_wire.history import PUBLISH_SCRIPT, HistoryKeys
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.history import PREFIX, publish_with_history
 from tests.support.ws import connect_authed, recv_json, request

@@ -10,10 +10,10 @@ import asyncio
 
 import orjson
 import pytest
-from notify_wire.history import Position
 
 from gateway.core.fanout import DropLog
 from gateway.core.hub import Hub, SubscriptionRefused
+from notify_wire.history import Position
 
 
 class RecordingSink:

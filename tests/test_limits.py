@@ -11,8 +11,6 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from notify_wire.env import ConfigError
-from notify_wire.sessions import Session, SessionError, parse_session
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 from websockets.asyncio.client import connect
@@ -26,6 +24,8 @@ from gateway.config import Limits, load_settings
 from gateway.core.client import ClientState
 from gateway.core.policy import ChannelPolicy
 from gateway.server import Gateway
+from notify_wire.env import ConfigError
+from notify_wire.sessions import Session, SessionError, parse_session
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.process import GatewayProcess
 from tests.support.redis_server import RedisServer

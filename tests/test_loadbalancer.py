@@ -6,12 +6,12 @@ import secrets
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
-from notify_wire.channels import CONTROL_CHANNEL
-from notify_wire.control import revoke_message
-from notify_wire.sessions import session_digest
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 
+from notify_wire.channels import CONTROL_CHANNEL
+from notify_wire.control import revoke_message
+from notify_wire.sessions import session_digest
 from tests.conftest import MakeGateway, MakeSession
 from tests.support.balancer import Balancer
 from tests.support.redis_server import RedisServer

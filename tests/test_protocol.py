@@ -8,12 +8,12 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from notify_wire.codes import ErrorCode
-from notify_wire.frames import FrameError, Ping, Subscribe, Unsubscribe, parse_frame
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from gateway.core.frames import message_frame, text_frame
+from notify_wire.codes import ErrorCode
+from notify_wire.frames import FrameError, Ping, Subscribe, Unsubscribe, parse_frame
 
 
 def decode_server_frame(data: bytes) -> Frame:

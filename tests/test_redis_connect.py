@@ -17,10 +17,6 @@ from pathlib import Path
 import orjson
 import pytest
 import structlog
-from notify_publisher.connect import async_redis, redis_kwargs
-from notify_wire.channels import CONTROL_CHANNEL
-from notify_wire.env import ConfigError
-from notify_wire.redis_config import RedisConfig, load_redis_config
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, RedisError
 
@@ -29,6 +25,10 @@ from gateway.broker.subscriber import Subscriber
 from gateway.config import load_settings
 from gateway.core.hub import Hub
 from gateway.server import Gateway
+from notify_publisher.connect import async_redis, redis_kwargs
+from notify_wire.channels import CONTROL_CHANNEL
+from notify_wire.env import ConfigError
+from notify_wire.redis_config import RedisConfig, load_redis_config
 from tests.support.acl import documented_acl_users
 from tests.support.history import publish_with_history
 from tests.support.process import GatewayProcess

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from notify_wire.channels import channel_problem
-from notify_wire.codes import CloseReason
-from notify_wire.sessions import Session, SessionError, parse_session
 
 from gateway.config import Limits
 from gateway.core.bucket import TokenBucket
@@ -19,6 +16,9 @@ from gateway.core.client import (
     UnsubscribeChannel,
 )
 from gateway.core.policy import ChannelPolicy
+from notify_wire.channels import channel_problem
+from notify_wire.codes import CloseReason
+from notify_wire.sessions import Session, SessionError, parse_session
 
 POLICY = ChannelPolicy(["notifications", "public:*"])
 

@@ -9,10 +9,10 @@ import shutil
 import subprocess
 
 import pytest
-from notify_wire.backoff import BROWSER_RECONNECT
-from notify_wire.codes import CLOSE_CODES, ERROR_CODES, CloseCode, CloseReason, ErrorCode
 
 from gateway.cli.listen import describe_close
+from notify_wire.backoff import BROWSER_RECONNECT
+from notify_wire.codes import CLOSE_CODES, ERROR_CODES, CloseCode, CloseReason, ErrorCode
 from tests.support.process import ROOT
 
 JS_CLIENT = ROOT / "clients" / "js" / "notify-client.js"

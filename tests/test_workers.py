@@ -10,15 +10,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from notify_wire.channels import CONTROL_CHANNEL
-from notify_wire.control import revoke_message
-from notify_wire.env import ConfigError
-from notify_wire.sessions import session_digest
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 
 from gateway.cli.main import main
 from gateway.config import load_settings
+from notify_wire.channels import CONTROL_CHANNEL
+from notify_wire.control import revoke_message
+from notify_wire.env import ConfigError
+from notify_wire.sessions import session_digest
 from tests.conftest import MakeSession
 from tests.support.process import GatewayProcess
 from tests.support.redis_server import RedisServer, free_port

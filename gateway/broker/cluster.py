@@ -22,13 +22,13 @@ import dataclasses
 from collections.abc import Iterable
 
 import structlog
-from notify_wire.backoff import REDIS_RECONNECT, Backoff
-from notify_wire.redis_config import RedisConfig
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from gateway.broker.subscriber import PubSubConnection, Subscriber
 from gateway.core.hub import Hub
+from notify_wire.backoff import REDIS_RECONNECT, Backoff
+from notify_wire.redis_config import RedisConfig
 
 __all__ = ["ClusterSubscriber"]
 

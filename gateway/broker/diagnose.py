@@ -18,8 +18,9 @@ import socket
 import ssl
 from collections.abc import Iterator
 
-from notify_wire.redis_config import RedisConfig
 from redis import exceptions as rx
+
+from notify_wire.redis_config import RedisConfig
 
 __all__ = [
     "Diagnosis",

@@ -9,9 +9,9 @@ import socket
 import tempfile
 
 import structlog
-from notify_wire.redis_config import RedisConfig
 
 from gateway.broker.probe import redis_answers
+from notify_wire.redis_config import RedisConfig
 
 __all__ = ["EmbeddedRedis", "EmbeddedRedisError", "redis_or_embedded"]
 

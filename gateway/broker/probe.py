@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from notify_wire.redis_config import RedisConfig
-
 from gateway.broker.diagnose import Diagnosis, tls_to_plaintext_port
+from notify_wire.redis_config import RedisConfig
 
 __all__ = ["redis_answers", "refine"]
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import hiredis
 import structlog
+
 from notify_wire.errors import describe
 from notify_wire.redis_config import RedisConfig
 

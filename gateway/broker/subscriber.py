@@ -25,13 +25,13 @@ from typing import Any, Protocol, cast
 
 import hiredis
 import structlog
-from notify_wire.backoff import REDIS_RECONNECT, Backoff
-from notify_wire.errors import describe
-from notify_wire.redis_config import RedisConfig
 
 from gateway.broker.diagnose import RedisReplyError, RedisSetupError, diagnose
 from gateway.broker.probe import refine
 from gateway.broker.sentinel import redis_address
+from notify_wire.backoff import REDIS_RECONNECT, Backoff
+from notify_wire.errors import describe
+from notify_wire.redis_config import RedisConfig
 
 __all__ = ["PubSubConnection", "Subscriber"]
 

@@ -6,10 +6,9 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 
+from gateway.config import GatewaySettings, config_warnings, load_settings
 from notify_publisher.errors import PublisherError
 from notify_publisher.sync import Publisher
-
-from gateway.config import GatewaySettings, config_warnings, load_settings
 
 __all__ = [
     "REDIS_HELP",

@@ -19,8 +19,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
-from notify_publisher.connect import redis_kwargs
-from notify_wire.redis_config import RedisConfig
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -31,6 +29,8 @@ from gateway.broker.probe import refine
 from gateway.cli.command import Subcommand
 from gateway.config import GatewaySettings, load_settings
 from gateway.services.access import PROBE_NAME, gateway_probes
+from notify_publisher.connect import redis_kwargs
+from notify_wire.redis_config import RedisConfig
 
 __all__ = ["DOCTOR", "Check", "Status", "render", "run_checks"]
 

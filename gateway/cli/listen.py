@@ -12,13 +12,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
-from notify_wire.codes import CLOSE_CODES
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from gateway.cli.command import Subcommand
 from gateway.cli.common import USAGE_ERROR, fail, note, read_token, warn_config
 from gateway.config import load_settings
+from notify_wire.codes import CLOSE_CODES
 
 __all__ = ["LISTEN"]
 

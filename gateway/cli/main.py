@@ -11,8 +11,6 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from notify_wire.env import ConfigError
-
 from gateway import __version__
 from gateway.cli.command import Subcommand
 from gateway.cli.doctor import DOCTOR
@@ -20,6 +18,7 @@ from gateway.cli.listen import LISTEN
 from gateway.cli.publish import PUBLISH
 from gateway.cli.serve import SERVE
 from gateway.cli.session import SESSION
+from notify_wire.env import ConfigError
 
 __all__ = ["main"]
 

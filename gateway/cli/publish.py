@@ -7,11 +7,11 @@ import sys
 from collections.abc import Iterable, Mapping
 
 import orjson
-from notify_publisher.sync import Publisher
-from notify_wire.channels import channel_problem
 
 from gateway.cli.command import Subcommand
 from gateway.cli.common import REDIS_HELP, USAGE_ERROR, fail, with_publisher
+from notify_publisher.sync import Publisher
+from notify_wire.channels import channel_problem
 
 __all__ = ["PUBLISH"]
 

@@ -20,7 +20,6 @@ from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import structlog
-from notify_wire.env import ConfigError
 
 from gateway.broker.embedded import EmbeddedRedis, EmbeddedRedisError, redis_or_embedded
 from gateway.cli.command import Subcommand
@@ -34,6 +33,7 @@ from gateway.config import (
 )
 from gateway.ops.log import configure_logging
 from gateway.server import Gateway
+from notify_wire.env import ConfigError
 
 __all__ = ["SERVE"]
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 
-from notify_publisher.sync import Publisher
-
 from gateway.cli.command import Subcommand
 from gateway.cli.common import REDIS_HELP, USAGE_ERROR, fail, read_token, with_publisher
+from notify_publisher.sync import Publisher
 
 __all__ = ["SESSION"]
 

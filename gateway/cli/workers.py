@@ -26,9 +26,9 @@ import sys
 from collections.abc import Mapping
 
 import structlog
-from notify_wire.backoff import WORKER_RESTART
 
 from gateway.config import GatewaySettings
+from notify_wire.backoff import WORKER_RESTART
 
 __all__ = ["Supervisor", "WorkerCrashLoop", "exit_with_parent", "reserve_port"]
 

@@ -5,12 +5,11 @@ Nothing else in the gateway reads ``os.environ``: the command line hands the env
 in it is probably a mistake.
 """
 
-from notify_wire.env import ConfigError
-from notify_wire.redis_config import RedisConfig, load_redis_config
-
 from gateway.config.load import connections_for, load_settings, parse_workers
 from gateway.config.settings import Admission, GatewaySettings, Limits
 from gateway.config.warnings import ConfigWarning, config_warnings, known_variables
+from notify_wire.env import ConfigError
+from notify_wire.redis_config import RedisConfig, load_redis_config
 
 __all__ = [
     "Admission",

@@ -13,6 +13,14 @@ import os
 import re
 from collections.abc import Callable, Mapping
 
+from gateway.config.settings import (
+    FD_RESERVE,
+    MAX_WORKERS,
+    MIN_ADMIN_TOKEN_LENGTH,
+    Admission,
+    GatewaySettings,
+    Limits,
+)
 from notify_wire.env import (
     ConfigError,
     parse_choice,
@@ -23,15 +31,6 @@ from notify_wire.env import (
 )
 from notify_wire.redis_config import load_redis_config
 from notify_wire.shared import SharedSettings, load_shared_settings
-
-from gateway.config.settings import (
-    FD_RESERVE,
-    MAX_WORKERS,
-    MIN_ADMIN_TOKEN_LENGTH,
-    Admission,
-    GatewaySettings,
-    Limits,
-)
 
 __all__ = ["connections_for", "load_settings", "parse_workers"]
 

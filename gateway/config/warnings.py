@@ -8,11 +8,10 @@ import functools
 from collections.abc import Iterator, Mapping
 from fnmatch import fnmatchcase
 
-from notify_wire.channels import USER_CHANNEL_PREFIX
-from notify_wire.env import SERVICE_LINK_NAME
-
 from gateway.config.load import load_settings
 from gateway.config.settings import GatewaySettings
+from notify_wire.channels import USER_CHANNEL_PREFIX
+from notify_wire.env import SERVICE_LINK_NAME
 
 __all__ = ["PREFIXES", "ConfigWarning", "config_warnings", "known_variables"]
 

@@ -16,7 +16,6 @@ from collections.abc import Coroutine
 from typing import Protocol
 
 import structlog
-from notify_wire.codes import CloseReason, ErrorCode
 
 from gateway.core.client import ClientState
 from gateway.core.frames import error_frame
@@ -25,6 +24,7 @@ from gateway.edge.http import Answer
 from gateway.edge.http11 import HttpRequest
 from gateway.edge.options import Owner
 from gateway.edge.websocket import WebSocket
+from notify_wire.codes import CloseReason, ErrorCode
 
 __all__ = ["INBOX_PAUSE", "ClientConnection", "Host"]
 

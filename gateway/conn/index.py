@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from notify_wire.sessions import Session
-
 from gateway.conn.connection import ClientConnection
+from notify_wire.sessions import Session
 
 __all__ = ["ConnectionIndex"]
 

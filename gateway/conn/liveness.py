@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from notify_wire.codes import CloseReason
-from notify_wire.control import parse_control
 from redis.exceptions import RedisError
 
 from gateway.broker.cancel import raise_if_cancelled
@@ -15,6 +13,8 @@ from gateway.config import GatewaySettings
 from gateway.conn.index import ConnectionIndex
 from gateway.services.admission import AdmissionControl
 from gateway.services.auth import SessionStore
+from notify_wire.codes import CloseReason
+from notify_wire.control import parse_control
 
 __all__ = ["Liveness"]
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from notify_wire.codes import CloseReason
-from notify_wire.frames import Auth, parse_frame
-from notify_wire.sessions import Session
 from redis.exceptions import RedisError
 
 from gateway.broker.subscriber import Readiness
@@ -21,6 +18,9 @@ from gateway.core.policy import ChannelPolicy
 from gateway.core.stats import ConnectionStats
 from gateway.services.admission import AdmissionControl
 from gateway.services.auth import AuthFailure, SessionStore
+from notify_wire.codes import CloseReason
+from notify_wire.frames import Auth, parse_frame
+from notify_wire.sessions import Session
 
 __all__ = ["Login"]
 

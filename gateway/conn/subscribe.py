@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 
 import structlog
-from notify_wire.codes import ErrorCode
 from redis.exceptions import RedisError
 
 from gateway.conn.connection import ClientConnection
@@ -14,6 +13,7 @@ from gateway.core.client import SubscribeChannel
 from gateway.core.frames import error_frame, reply_frame
 from gateway.core.hub import Hub, SubscriptionRefused
 from gateway.services.history import HistoryReader, Replay
+from notify_wire.codes import ErrorCode
 
 __all__ = ["SUBSCRIBE_TIMEOUT_S", "Subscribing"]
 

@@ -12,6 +12,10 @@ import dataclasses
 from collections.abc import Set as AbstractSet
 from typing import assert_never
 
+from gateway.config import Limits
+from gateway.core.bucket import TokenBucket
+from gateway.core.frames import error_frame, reply_frame
+from gateway.core.policy import ChannelPolicy
 from notify_wire.channels import channel_problem
 from notify_wire.codes import CloseReason, ErrorCode
 from notify_wire.frames import (
@@ -26,11 +30,6 @@ from notify_wire.frames import (
 )
 from notify_wire.history import Position
 from notify_wire.sessions import Session
-
-from gateway.config import Limits
-from gateway.core.bucket import TokenBucket
-from gateway.core.frames import error_frame, reply_frame
-from gateway.core.policy import ChannelPolicy
 
 __all__ = [
     "Action",

@@ -19,12 +19,12 @@ from collections.abc import Callable, Mapping
 
 import orjson
 import structlog
-from notify_wire.history import ENVELOPE_PREFIX, open_envelope
 
 from gateway.core.frames import message_frame_from, message_head
 from gateway.core.membership import Membership
 from gateway.core.recovery import Recoveries
 from gateway.core.sinks import Sink
+from notify_wire.history import ENVELOPE_PREFIX, open_envelope
 
 __all__ = ["DropLog", "FanOut"]
 

@@ -11,6 +11,7 @@ import struct
 from typing import Final
 
 import orjson
+
 from notify_wire.codes import ErrorCode
 from notify_wire.frames import Ref
 

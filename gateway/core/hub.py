@@ -21,14 +21,13 @@ import asyncio
 import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from notify_wire.history import Position
-
 from gateway.core.fanout import FanOut
 from gateway.core.holding import after
 from gateway.core.membership import Membership
 from gateway.core.recovery import Recoveries
 from gateway.core.sinks import RedisCommands, Sink, SubscriptionRefused
 from gateway.core.subscriptions import Subscriptions
+from notify_wire.history import Position
 
 __all__ = ["Hub", "RedisCommands", "Sink", "SubscriptionRefused"]
 

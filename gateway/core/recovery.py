@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 import structlog
-from notify_wire.history import Position
 
 from gateway.core.frames import gap_frame
 from gateway.core.holding import Held, after
 from gateway.core.membership import Membership
 from gateway.core.sinks import Sink
+from notify_wire.history import Position
 
 __all__ = ["Recoveries", "Recovery"]
 

@@ -14,9 +14,9 @@ import enum
 from collections.abc import Callable, Iterable
 
 import structlog
-from notify_wire.backoff import INTERNAL_CHANNEL_RETRY, Backoff
 
 from gateway.core.sinks import RedisCommands
+from notify_wire.backoff import INTERNAL_CHANNEL_RETRY, Backoff
 
 __all__ = ["Subscriptions"]
 

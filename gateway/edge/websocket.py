@@ -31,7 +31,6 @@ import http
 import logging
 from typing import cast
 
-from notify_wire.codes import CloseReason
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
@@ -42,6 +41,7 @@ from gateway.edge.exchange import READ_SLICE, HttpConnection
 from gateway.edge.http import text_response
 from gateway.edge.http11 import HttpRequest
 from gateway.edge.options import Owner
+from notify_wire.codes import CloseReason
 
 __all__ = ["WebSocket"]
 

@@ -14,8 +14,6 @@ import functools
 import re
 from collections.abc import Awaitable, Callable
 
-from notify_wire.channels import CONTROL_CHANNEL, user_channel
-from notify_wire.history import Position
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -23,6 +21,8 @@ from gateway.broker.diagnose import RedisSetupError, diagnose
 from gateway.config import GatewaySettings
 from gateway.services.admission import AdmissionControl
 from gateway.services.history import HistoryReader
+from notify_wire.channels import CONTROL_CHANNEL, user_channel
+from notify_wire.history import Position
 
 __all__ = ["PROBE_NAME", "Probe", "gateway_probes", "verify_gateway_access"]
 

@@ -25,12 +25,12 @@ import time
 from collections.abc import Iterable, Mapping
 
 import structlog
-from notify_publisher.connect import AnyRedis
-from notify_wire.codes import CloseReason
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import OutOfMemoryError
 
 from gateway.config import Admission
+from notify_publisher.connect import AnyRedis
+from notify_wire.codes import CloseReason
 
 __all__ = ["OOM_FIX", "AdmissionControl"]
 

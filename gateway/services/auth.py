@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from notify_publisher.connect import AnyRedis
-from notify_wire.codes import CloseReason
-from notify_wire.sessions import Session, SessionError, parse_session, session_digest, token_problem
 from redis.exceptions import ResponseError
 
 from gateway.config import Limits
+from notify_publisher.connect import AnyRedis
+from notify_wire.codes import CloseReason
+from notify_wire.sessions import Session, SessionError, parse_session, session_digest, token_problem
 
 __all__ = ["AuthFailure", "SessionStore"]
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import orjson
 import structlog
-from notify_publisher.connect import AnyRedis
-from notify_wire.history import READ_SCRIPT, HistoryKeys, Position
 from redis.exceptions import RedisError
 
 from gateway.core.frames import message_frame
+from notify_publisher.connect import AnyRedis
+from notify_wire.history import READ_SCRIPT, HistoryKeys, Position
 
 __all__ = ["REPLAY_CONCURRENCY", "HistoryReader", "Recoverer", "Replay"]
 

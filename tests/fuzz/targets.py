@@ -23,6 +23,11 @@ from collections.abc import Callable
 
 import orjson
 from hypothesis import strategies as st
+
+from gateway.config import Limits, load_settings
+from gateway.core.client import ClientState, Close, Reply, SubscribeChannel, UnsubscribeChannel
+from gateway.core.hub import Hub
+from gateway.core.policy import ChannelPolicy
 from notify_wire.control import Revoke, parse_control
 from notify_wire.env import ConfigError
 from notify_wire.frames import (
@@ -36,11 +41,6 @@ from notify_wire.frames import (
 )
 from notify_wire.history import ENVELOPE_PREFIX, Position, open_envelope, position_problem
 from notify_wire.sessions import Session, SessionError, parse_session
-
-from gateway.config import Limits, load_settings
-from gateway.core.client import ClientState, Close, Reply, SubscribeChannel, UnsubscribeChannel
-from gateway.core.hub import Hub
-from gateway.core.policy import ChannelPolicy
 from tests.fuzz.harness import (
     Finding,
     check,

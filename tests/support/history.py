@@ -5,10 +5,11 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from notify_wire.history import PUBLISH_SCRIPT, HistoryKeys
-from notify_wire.shared import SharedSettings
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+
+from notify_wire.history import PUBLISH_SCRIPT, HistoryKeys
+from notify_wire.shared import SharedSettings
 
 __all__ = ["PREFIX", "publish_with_history", "publish_with_history_sync"]
 

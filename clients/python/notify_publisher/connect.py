@@ -10,8 +10,6 @@ import redis
 import redis.asyncio
 import redis.cluster
 import redis.sentinel
-from notify_wire.backoff import COMMAND_RETRY
-from notify_wire.redis_config import RedisConfig
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -19,6 +17,9 @@ from redis.backoff import AbstractBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+
+from notify_wire.backoff import COMMAND_RETRY
+from notify_wire.redis_config import RedisConfig
 
 __all__ = [
     "AnyRedis",

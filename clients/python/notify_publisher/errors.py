@@ -17,10 +17,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from notify_wire.errors import describe
 from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from notify_wire.errors import describe
 
 __all__ = ["PublisherError", "RedisRefusedError", "RedisUnavailableError", "redis_errors"]
 

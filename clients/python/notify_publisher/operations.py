@@ -11,11 +11,6 @@ import secrets
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
-from notify_wire.channels import CONTROL_CHANNEL
-from notify_wire.control import revoke_message
-from notify_wire.history import PUBLISH_SCRIPT, HistoryKeys
-from notify_wire.sessions import session_digest
-
 from notify_publisher.payload import encode_message
 from notify_publisher.sessions import (
     check_token,
@@ -25,6 +20,10 @@ from notify_publisher.sessions import (
     session_record,
 )
 from notify_publisher.settings import PublisherSettings
+from notify_wire.channels import CONTROL_CHANNEL
+from notify_wire.control import revoke_message
+from notify_wire.history import PUBLISH_SCRIPT, HistoryKeys
+from notify_wire.sessions import session_digest
 
 __all__ = ["Command", "Operation", "Operations"]
 

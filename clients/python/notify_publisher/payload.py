@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from notify_wire.channels import channel_problem
 
 from notify_publisher.settings import PublisherSettings
+from notify_wire.channels import channel_problem
 
 __all__ = ["encode_message"]
 

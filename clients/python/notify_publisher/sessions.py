@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
+
 from notify_wire.sessions import (
     MAX_SESSION_BYTES,
     MAX_USER_ID_LENGTH,

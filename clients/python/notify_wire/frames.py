@@ -11,6 +11,7 @@ import dataclasses
 from typing import Final
 
 import orjson
+
 from notify_wire.codes import ErrorCode
 from notify_wire.history import Position, position_problem
 
