@@ -36,7 +36,7 @@ test: lock-check
 	scripts/system-deps.sh redis-server chromium nginx haproxy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy gateway clients bench
+	$(BIN)/mypy gateway clients/python/notify_wire clients/python/notify_publisher bench
 	$(BIN)/python -m pytest
 
 ## bench: benchmark the gateway against the naive baseline (docs/benchmarks.md); BENCH_ARGS=--full

@@ -1,7 +1,7 @@
 """``python -m bench.fanout_path``: the per-message cost of the gateway's Redis read path.
 
-Feeds RESP bytes of pub/sub messages straight to :class:`gateway.subscriber.PubSubProtocol`
-over a :class:`gateway.registry.Registry` whose readers only count writes, so the figure is
+Feeds RESP bytes of pub/sub messages straight to :class:`gateway.subscriber.PubSubConnection`
+over a :class:`gateway.hub.Hub` whose readers only count writes, so the figure is
 the parsing, checking, framing and batching of one message, without sockets, Redis or
 clients (``python -m bench`` measures those end to end). Run it before and after a change
 to the fan-out path; ``--history`` sends history envelopes instead of plain messages.
@@ -14,8 +14,8 @@ import asyncio
 import statistics
 import time
 
-from gateway.registry import Registry
-from gateway.subscriber import PubSubProtocol
+from gateway.broker.subscriber import PubSubConnection
+from gateway.core.hub import Hub
 
 CHANNELS = 200  # messages per socket read: one per channel
 READS = 50
@@ -68,7 +68,7 @@ def _reads(channels: list[str], first_offset: int, history: bool) -> list[bytes]
 
 async def run(history: bool, repeats: int) -> list[float]:
     """Nanoseconds per message, one figure per repeat."""
-    registry = Registry()
+    registry = Hub()
     registry.on_connected(_NoRedis())
     channels = [f"user:{i}" for i in range(CHANNELS)]
     for channel in channels:
@@ -77,7 +77,7 @@ async def run(history: bool, repeats: int) -> list[float]:
         registry.on_subscribed(channel)
         await joined
         registry.activate(reader, channel)
-    protocol = PubSubProtocol(registry)
+    protocol = PubSubConnection(registry)
     figures = []
     for repeat in range(repeats):
         reads = _reads(channels, 1 + repeat * READS, history)  # offsets keep moving forward

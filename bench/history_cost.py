@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 
-from clients import Publisher
+from notify_publisher import Publisher
 
 PAYLOAD = {"type": "new_message", "userId": "123", "message": "x" * 48}
 

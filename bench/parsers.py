@@ -19,7 +19,7 @@ from typing import Any
 
 from websockets.server import ServerProtocol
 
-from gateway.http11 import RequestReader
+from gateway.edge.http11 import RequestReader
 from tests.support.ws import upgrade_request
 
 UPGRADE = upgrade_request(

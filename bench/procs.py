@@ -78,6 +78,26 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def wait_ready(
+    process: subprocess.Popen[bytes], port: int, what: str, timeout_s: float = 20.0
+) -> None:
+    """Until ``GET /readyz`` on ``port`` answers 200; raises if ``process`` exits or time runs
+    out first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: bench\r\n\r\n")
+                if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready in {timeout_s}s")
+
+
 class Server:
     """The process under test: ``gateway``, ``baseline`` or ``blaster`` (the ceiling)."""
 
@@ -117,19 +137,7 @@ class Server:
         self._wait_ready()
 
     def _wait_ready(self, timeout_s: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.kind} exited: {self.log.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: bench\r\n\r\n")
-                    if sock.recv(64).startswith(b"HTTP/1.1 200"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"{self.kind} not ready in {timeout_s}s: {self.log.read_text()[-2000:]}")
+        wait_ready(self.process, self.port, f"{self.kind} ({self.log})", timeout_s)
 
     def get(self, path: str) -> bytes:
         """The body of ``GET path`` (one short response, read until the server closes)."""

@@ -13,18 +13,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
 from redis import Redis
 from websockets.asyncio.client import connect
 
-from bench.procs import SERVER_CORE, spawn, start_redis, stop
-from gateway.history import DEFAULT_RETENTION_S, PUBLISH_SCRIPT, HistoryKeys
+from bench.procs import SERVER_CORE, spawn, start_redis, stop, wait_ready
+from notify_wire.history import PUBLISH_SCRIPT, HistoryKeys
+from notify_wire.shared import SharedSettings
 from tests.support.redis_server import free_port
 
 CHANNEL = "public:replay-memory"
@@ -44,7 +43,7 @@ def _publish(redis: Redis, messages: int, size: int) -> str:
     for _ in range(messages):
         reply = redis.eval(
             PUBLISH_SCRIPT, 2, keys.meta, keys.stream, CHANNEL, payload, messages,
-            DEFAULT_RETENTION_S, secrets.token_hex(8),
+            SharedSettings().history_retention_s, secrets.token_hex(8),
         )  # fmt: skip
         epoch = reply[2].decode()
     return epoch
@@ -64,20 +63,6 @@ async def _client(url: str, token: str, epoch: str, messages: int) -> str:
         for _ in range(messages):
             await ws.recv()
         return f"recovered, {messages} frames"
-
-
-def _wait_ready(process: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: bench\r\n\r\n")
-                if sock.recv(64).startswith(b"HTTP/1.1 200"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError("the gateway did not become ready")
 
 
 def main() -> None:
@@ -103,7 +88,7 @@ def main() -> None:
         for n, token in enumerate(tokens):
             redis.set(f"session:{token}", orjson.dumps({"userId": f"replay-{n}"}), ex=600)
         gateway = spawn([sys.executable, "-m", "gateway", "serve"], SERVER_CORE, env=env)
-        _wait_ready(gateway, port)
+        wait_ready(gateway, port, "the gateway")
         before = _mib(gateway.pid, "VmRSS")
         url = f"ws://127.0.0.1:{port}/ws"
 

@@ -1,46 +1,39 @@
-"""The gateway process: wires Redis, the registry and the WebSocket server together."""
+"""The gateway process: wires Redis, the hub, the connection layer and the server together."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import time
-from http import HTTPStatus
 
 import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
-from websockets.http11 import Response
 from websockets.typing import Origin
 
-from gateway.access import verify_gateway_access
-from gateway.admission import AdmissionControl
-from gateway.auth import SessionStore
-from gateway.browser import browser_routes
-from gateway.channels import CONTROL_CHANNEL
-from gateway.cluster import ClusterSubscriber
+from gateway.broker.cancel import raise_if_cancelled
+from gateway.broker.cluster import ClusterSubscriber
+from gateway.broker.diagnose import RedisSetupError, diagnose
+from gateway.broker.subscriber import Subscriber
 from gateway.config import GatewaySettings
-from gateway.connection import ClientConnection, ConnectionHandler
-from gateway.diagnose import RedisSetupError, diagnose
-from gateway.history import Position
-from gateway.http import (
-    Route,
-    Router,
-    bearer_protected,
-    bytes_response,
-    json_response,
-    text_response,
-)
-from gateway.http11 import HttpRequest
-from gateway.metrics import CONTENT_TYPE, GatewayMetrics
-from gateway.protocol import CloseCode
-from gateway.recovery import HistoryReader, Recoverer
-from gateway.redis_client import AnyRedis, async_cluster, async_redis, raise_if_cancelled
-from gateway.registry import Registry
-from gateway.status import readiness, status_report
-from gateway.subscriber import Backoff, Subscriber
-from gateway.websocket import WebSocketOptions, WebSocketServer
+from gateway.conn.connection import ClientConnection
+from gateway.conn.handler import ConnectionHandler
+from gateway.core.hub import Hub
+from gateway.core.stats import ConnectionStats
+from gateway.edge.assets import browser_routes
+from gateway.edge.http import Route, Router
+from gateway.edge.options import WebSocketOptions
+from gateway.edge.server import WebSocketServer
+from gateway.ops.metrics import GatewayMetrics
+from gateway.ops.routes import Operated, ops_routes
+from gateway.services.access import verify_gateway_access
+from gateway.services.admission import AdmissionControl
+from gateway.services.auth import SessionStore
+from gateway.services.history import HistoryReader, Recoverer
+from notify_publisher.connect import AnyRedis, async_cluster, async_redis
+from notify_wire.backoff import REDIS_RECONNECT, Backoff
+from notify_wire.channels import CONTROL_CHANNEL
+from notify_wire.codes import CloseReason
+from notify_wire.history import Position
 
 __all__ = ["Gateway", "websocket_options"]
 
@@ -82,52 +75,34 @@ class Gateway:
         self.settings = settings
         self._reuse_port = reuse_port
         self.metrics = GatewayMetrics()
-        self.registry = Registry(
+        self.hub = Hub(
             {CONTROL_CHANNEL: self._on_control},
             max_message_bytes=settings.limits.max_message_bytes,
             max_held_bytes=settings.limits.max_buffer_bytes,
             on_resubscribed=self._on_resubscribed,
             observe_fanout=self.metrics.fanout_seconds.observe,
         )
-        self.redis: AnyRedis
-        self.subscriber: Subscriber | ClusterSubscriber
-        if settings.redis.cluster:
-            self.redis = async_cluster(settings.redis)
-            self.subscriber = ClusterSubscriber(
-                settings.redis,
-                self.registry,
-                self.redis,
-                ping_interval_s=settings.redis_ping_s,
-                ping_timeout_s=settings.redis_ping_timeout_s,
-            )
-        else:
-            self.redis = async_redis(settings.redis)
-            self.subscriber = Subscriber(
-                settings.redis,
-                self.registry,
-                ping_interval_s=settings.redis_ping_s,
-                ping_timeout_s=settings.redis_ping_timeout_s,
-            )
+        self.redis, self.subscriber = _redis_side(settings, self.hub)
         self.history = HistoryReader(
             self.redis, settings.history_prefix, settings.max_replay, settings.max_replay_bytes
         )
-        self.recoverer = Recoverer(
-            self.history, self.registry.finish_recovery, self.registry.barrier
-        )
+        self.recoverer = Recoverer(self.history, self.hub.finish_recovery, self.hub.barrier)
         self.admission = AdmissionControl(
             self.redis, settings.admission, lease_s=max(10.0, 3 * settings.session_recheck_s)
         )
+        self.stats = ConnectionStats()
         self.handler = ConnectionHandler(
             settings,
-            self.registry,
+            self.hub,
             self.subscriber,
             SessionStore(self.redis, settings.session_prefix, settings.limits),
             self.admission,
             self.history,
+            stats=self.stats,
             respond=Router(self._routes()),
             on_closed=self.metrics.connection_closed,
         )
-        self.metrics.track(self.registry, self.handler, self.subscriber, self.admission)
+        self.metrics.track(self.hub, self.stats, self.subscriber, self.admission)
         self._server: WebSocketServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
@@ -137,8 +112,6 @@ class Gateway:
         )
         #: set once the start-up ACL check has passed (or is not done: cluster)
         self.access_checked = asyncio.Event()
-        self._started_at = datetime.datetime.now(datetime.UTC)
-        self._started = time.monotonic()
 
     @property
     def port(self) -> int:
@@ -147,46 +120,16 @@ class Gateway:
         return self._server.port
 
     def _on_control(self, payload: bytes) -> None:
-        self.handler.on_control(payload)
+        self.handler.liveness.on_control(payload)
 
     def _on_resubscribed(self, channel: str, since: Position, ticket: object) -> None:
         self.recoverer.start(channel, since, ticket)
 
     def _routes(self) -> dict[str, Route]:
-        def healthz(_request: HttpRequest) -> Response:
-            return text_response(HTTPStatus.OK, "ok\n")
-
-        def readyz(_request: HttpRequest) -> Response:
-            ready, why = readiness(
-                self.subscriber.ready,
-                self.registry.refused_internal,
-                self.admission.degraded is not None,
-            )
-            return text_response(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, why)
-
-        def metrics(_request: HttpRequest) -> Response:
-            return bytes_response(HTTPStatus.OK, self.metrics.exposition(), CONTENT_TYPE)
-
-        def status(_request: HttpRequest) -> Response:
-            report = status_report(
-                self.settings,
-                self.registry,
-                self.handler,
-                self.subscriber,
-                self.admission,
-                started_at=self._started_at.isoformat(timespec="seconds"),
-                uptime_s=time.monotonic() - self._started,
-            )
-            return json_response(HTTPStatus.OK, report)
-
-        admin = self.settings.admin_token
-        return {
-            "/healthz": Route(healthz),
-            "/readyz": Route(readyz),
-            "/metrics": Route(bearer_protected(admin, metrics)),
-            "/status": Route(bearer_protected(admin, status)),
-            **browser_routes(),
-        }
+        operated = Operated(
+            self.settings, self.hub, self.stats, self.subscriber, self.admission, self.metrics
+        )
+        return {**ops_routes(operated), **browser_routes()}
 
     def _watch_setup(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self.setup_failed.done():
@@ -203,7 +146,7 @@ class Gateway:
             # The probes use classic SUBSCRIBE; on a cluster each node reports refusals itself.
             self.access_checked.set()
             return
-        backoff = Backoff()
+        backoff = Backoff(REDIS_RECONNECT)
         while True:
             await self.subscriber.wait_ready()
             try:
@@ -238,8 +181,8 @@ class Gateway:
         self._tasks = [
             asyncio.create_task(self.subscriber.run(), name="redis-subscriber"),
             asyncio.create_task(self._check_access(), name="redis-access-check"),
-            asyncio.create_task(self.handler.upkeep(), name="session-upkeep"),
-            asyncio.create_task(self.handler.heartbeat(), name="heartbeat"),
+            asyncio.create_task(self.handler.liveness.upkeep(), name="session-upkeep"),
+            asyncio.create_task(self.handler.liveness.heartbeat(), name="heartbeat"),
         ]
         for task in self._tasks:
             task.add_done_callback(self._watch_setup)
@@ -255,11 +198,12 @@ class Gateway:
             return
         self._stopped = True
         timeout_s = self.settings.shutdown_timeout_s
+        shutdown = CloseReason.SHUTDOWN
         if self._server is not None and not await self._server.close(
-            CloseCode.SHUTDOWN, "", timeout_s
+            shutdown.code, shutdown.text, timeout_s
         ):
             log.warning("shutdown_deadline_passed", timeout_s=timeout_s)
-        await self.handler.settle(SETTLE_TIMEOUT_S)
+        await self.handler.tasks.settle(SETTLE_TIMEOUT_S)
         await self.recoverer.close()
         for task in self._tasks:
             task.cancel()
@@ -268,3 +212,24 @@ class Gateway:
                 await task
         await self.redis.aclose()
         log.info("gateway_stopped")
+
+
+def _redis_side(
+    settings: GatewaySettings, hub: Hub
+) -> tuple[AnyRedis, Subscriber | ClusterSubscriber]:
+    """The command client and the pub/sub subscriber: one node, or a cluster's."""
+    if settings.redis.cluster:
+        cluster = async_cluster(settings.redis)
+        return cluster, ClusterSubscriber(
+            settings.redis,
+            hub,
+            cluster,
+            ping_interval_s=settings.redis_ping_s,
+            ping_timeout_s=settings.redis_ping_timeout_s,
+        )
+    return async_redis(settings.redis), Subscriber(
+        settings.redis,
+        hub,
+        ping_interval_s=settings.redis_ping_s,
+        ping_timeout_s=settings.redis_ping_timeout_s,
+    )

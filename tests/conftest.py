@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.config import load_settings
-from gateway.log import configure_logging
+from gateway.ops.log import configure_logging
 from gateway.server import Gateway
 from tests.support import process
 from tests.support.redis_server import RedisServer

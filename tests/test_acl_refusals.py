@@ -14,10 +14,10 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from gateway.channels import CONTROL_CHANNEL
-from gateway.control import revoke_message
 from gateway.server import Gateway
-from gateway.session import session_digest
+from notify_wire.channels import CONTROL_CHANNEL
+from notify_wire.control import revoke_message
+from notify_wire.sessions import session_digest
 from tests.conftest import MakeGateway, ws_url
 from tests.support.acl import documented_acl_users
 from tests.support.redis_server import RedisServer

@@ -16,9 +16,10 @@ from redis.asyncio import Redis
 from structlog.testing import capture_logs
 from websockets.asyncio.client import connect
 
-from gateway.admission import AdmissionControl, Refusal
 from gateway.config import Admission
 from gateway.server import Gateway
+from gateway.services.admission import AdmissionControl
+from notify_wire.codes import CloseReason
 from tests.conftest import MakeGateway, ws_url
 from tests.support.acl import documented_acl_users
 from tests.support.redis_server import RedisServer
@@ -121,7 +122,7 @@ async def test_lease_renewals_and_address_counts_degrade_the_same_way(private: R
     await full(private, True)
     await admission.renew({"u": ["c1"]})  # cannot be extended: no error, just degraded
     assert admission.degraded is not None
-    assert await admission.check_ip("10.0.0.1") is Refusal.IP_ATTEMPTS  # counted before
+    assert await admission.check_ip("10.0.0.1") is CloseReason.IP_ATTEMPTS  # counted before
     assert await admission.check_ip("10.0.0.2") is None  # uncounted
     assert await private.exists("notify-gateway:ip:10.0.0.2:attempts") == 0
     await full(private, False)

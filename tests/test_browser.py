@@ -18,11 +18,11 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, WebSocket, sync_playwright
 from redis import Redis
 
-from gateway.browser import DEMO_CSP
-from gateway.channels import CONTROL_CHANNEL
-from gateway.control import revoke_message
-from gateway.history import ENVELOPE_PREFIX, HistoryKeys
-from gateway.session import session_digest
+from gateway.edge.assets import DEMO_CSP
+from notify_wire.channels import CONTROL_CHANNEL
+from notify_wire.control import revoke_message
+from notify_wire.history import ENVELOPE_PREFIX, HistoryKeys
+from notify_wire.sessions import session_digest
 from tests.support.history import PREFIX, publish_with_history_sync
 from tests.support.process import ROOT, GatewayProcess
 from tests.support.redis_server import RedisServer, free_port

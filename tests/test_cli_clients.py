@@ -11,8 +11,8 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from clients import AsyncPublisher
 from gateway.server import Gateway
+from notify_publisher import AsyncPublisher
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.process import ROOT
 from tests.support.redis_server import RedisServer, free_port

@@ -15,16 +15,16 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from clients import (
+from gateway.server import Gateway
+from notify_publisher import (
     AsyncPublisher,
     Publisher,
     PublisherSettings,
     RedisRefusedError,
     RedisUnavailableError,
 )
-from clients.sessions import new_token
-from gateway.config import ConfigError
-from gateway.server import Gateway
+from notify_publisher.sessions import new_token
+from notify_wire.env import ConfigError
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.redis_server import RedisServer
 from tests.support.tokens import issued

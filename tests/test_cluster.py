@@ -10,10 +10,10 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 from websockets.asyncio.client import ClientConnection
 
-from clients import AsyncPublisher, Publisher
-from gateway.channels import CONTROL_CHANNEL
-from gateway.control import revoke_message
-from gateway.session import session_digest
+from notify_publisher import AsyncPublisher, Publisher
+from notify_wire.channels import CONTROL_CHANNEL
+from notify_wire.control import revoke_message
+from notify_wire.sessions import session_digest
 from tests.conftest import MakeGateway, ws_url
 from tests.support.cluster import RedisClusterProcesses
 from tests.support.tokens import new_token

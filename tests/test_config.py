@@ -6,14 +6,9 @@ import re
 
 import pytest
 
-from gateway.config import (
-    ConfigError,
-    config_warnings,
-    connections_for,
-    known_variables,
-    load_redis_config,
-    load_settings,
-)
+from gateway.config import config_warnings, connections_for, known_variables, load_settings
+from notify_wire.env import ConfigError
+from notify_wire.redis_config import load_redis_config
 from tests.support.process import ROOT
 
 

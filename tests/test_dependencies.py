@@ -52,6 +52,8 @@ def test_every_dependency_and_tool_is_pinned_with_hashes_within_its_range() -> N
         name = requirement.name.lower()
         assert name in lock, f"{name} is not in uv.lock: run make lock"
         locked = lock[name]
+        if "editable" in locked["source"]:  # type: ignore[operator]
+            continue  # a package of this repository (the uv workspace), not a download
         assert requirement.specifier.contains(str(locked["version"])), (name, locked["version"])
         files = [*locked.get("wheels", []), locked.get("sdist")]  # type: ignore[list-item]
         hashes = [f["hash"] for f in files if f]  # type: ignore[index]
@@ -96,3 +98,11 @@ def test_the_image_installs_from_the_same_lock() -> None:
     ignored = (ROOT / ".dockerignore").read_text()
     assert "!uv.lock" in ignored
     assert "!requirements/uv.txt" in ignored
+
+
+def test_installing_the_publisher_library_pulls_in_nothing_of_the_server() -> None:
+    publisher = _lock()["notify-publisher"]
+    needs = {dependency["name"] for dependency in publisher["dependencies"]}  # type: ignore[attr-defined]
+    assert needs == {"redis", "orjson"}
+    server_only = {"websockets", "httptools", "prometheus-client", "structlog", "uvloop"}
+    assert not needs & server_only

@@ -11,9 +11,9 @@ import ssl
 import pytest
 from redis import exceptions as rx
 
-from gateway.config import RedisConfig, load_redis_config
-from gateway.diagnose import RedisReplyError, diagnose
-from gateway.redis_client import async_redis
+from gateway.broker.diagnose import RedisReplyError, diagnose
+from notify_publisher.connect import async_redis
+from notify_wire.redis_config import RedisConfig, load_redis_config
 from tests.support.process import ROOT
 
 PLAIN = load_redis_config({"REDIS_URL": "redis://:hunter2@cache.internal:6380/0"})
@@ -278,8 +278,8 @@ def test_unknown_errors_are_quoted_without_the_password() -> None:
 
 
 def _diagnoses_in_code() -> dict[str, bool]:
-    """Every ``Diagnosis("cause", ..., fatal=...)`` built in gateway/diagnose.py."""
-    tree = ast.parse((ROOT / "gateway" / "diagnose.py").read_text())
+    """Every ``Diagnosis("cause", ..., fatal=...)`` built in gateway/broker/diagnose.py."""
+    tree = ast.parse((ROOT / "gateway" / "broker" / "diagnose.py").read_text())
     found: dict[str, bool] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Diagnosis":

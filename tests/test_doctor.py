@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import orjson
 import pytest
 
-from gateway.cli import main
+from gateway.cli.main import main
 from tests.support.acl import documented_acl_users
 from tests.support.redis_server import RedisServer, free_port
 

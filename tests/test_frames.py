@@ -23,8 +23,9 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from bench.autobahn.echo import Echo, port_of, start
-from gateway.protocol import binary_frame, text_frame
-from gateway.websocket import WebSocketOptions, WebSocketServer
+from gateway.core.frames import binary_frame, text_frame
+from gateway.edge.options import WebSocketOptions
+from gateway.edge.server import WebSocketServer
 from tests.support.ws import raw_upgraded, wait_until
 
 # Payload lengths where the header changes: 7-bit, 16-bit and 64-bit lengths.

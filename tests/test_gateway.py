@@ -11,10 +11,10 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 from websockets.frames import Frame, Opcode
 
-from gateway.channels import CONTROL_CHANNEL
-from gateway.control import revoke_message
 from gateway.server import Gateway
-from gateway.session import session_digest
+from notify_wire.channels import CONTROL_CHANNEL
+from notify_wire.control import revoke_message
+from notify_wire.sessions import session_digest
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.tokens import new_token
 from tests.support.ws import (
@@ -291,7 +291,7 @@ async def test_oversized_backend_message_is_dropped_and_others_flow(
         await redis.publish("notifications", "x" * 1001)
         await redis.publish("notifications", "small")
         assert (await recv_json(ws))["data"] == "small"
-        assert gateway.registry.messages_dropped == 1
+        assert sum(gateway.hub.dropped.values()) == 1
 
 
 async def test_commands_sent_back_to_back_are_answered_in_order(
@@ -340,7 +340,7 @@ async def test_a_client_that_half_closes_with_unread_bytes_mid_subscribe_is_forg
     writer.write(Frame(Opcode.TEXT, orjson.dumps(subscribe)).serialize(mask=True))
     async with asyncio.timeout(5):
         await reader.readuntil(b'"type":"subscribed"')
-    (client,) = next(iter(gateway.handler._open.values()))
+    (client,) = gateway.handler.index.clients()
     payload = orjson.dumps({"pad": "x" * 60_000}).decode()
 
     async def backlog() -> bool:  # more than the kernel buffers hold: the gateway keeps some
@@ -359,9 +359,9 @@ async def test_a_client_that_half_closes_with_unread_bytes_mid_subscribe_is_forg
     writer.transport.abort()  # the peer goes away for good
 
     async def gone() -> bool:
-        return gateway.handler.sockets <= 0 and not gateway.handler._tasks
+        return gateway.stats.sockets <= 0 and not gateway.handler.tasks
 
     await wait_until(gone)
-    assert gateway.handler.sockets == 0  # counted down once, not twice
-    assert gateway.handler.connections == 0
+    assert gateway.stats.sockets == 0  # counted down once, not twice
+    assert gateway.stats.connections == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

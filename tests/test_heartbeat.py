@@ -88,7 +88,7 @@ async def test_a_silent_client_with_unsent_bytes_is_closed_too(
             await redis.publish("public:stall", payload)
 
         async def closed() -> bool:
-            return gateway.handler.connections == 0
+            return gateway.stats.connections == 0
 
         await wait_until(closed, timeout_s=20)  # two sweeps, then the 5 s close timeout
     finally:
@@ -111,7 +111,7 @@ async def test_a_slow_consumer_that_never_reads_is_cut_off_after_the_close_timeo
             await redis.publish("public:never", payload)
 
         async def closed() -> bool:
-            return gateway.handler.connections == 0
+            return gateway.stats.connections == 0
 
         await wait_until(closed, timeout_s=15)  # 4008 at once, aborted 5 s later
     finally:

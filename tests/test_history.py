@@ -10,8 +10,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from websockets.asyncio.client import ClientConnection
 
-from gateway.history import PUBLISH_SCRIPT, HistoryKeys
 from gateway.server import Gateway
+from notify_wire.history import PUBLISH_SCRIPT, HistoryKeys
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.history import PREFIX, publish_with_history
 from tests.support.ws import connect_authed, recv_json, request
@@ -194,7 +194,7 @@ async def test_a_forged_envelope_cannot_rewind_a_channel_or_replay_it_twice(
         frame = await recv_json(ws)
         assert (frame["offset"], frame["data"]) == (6, 6)  # recovered from 5, not from 1
         assert await request(ws, {"type": "ping"}) == {"type": "pong"}  # no 2-5 again
-    assert gateway.registry.dropped["stale_offset"] == 2
+    assert gateway.hub.dropped["stale_offset"] == 2
 
 
 async def test_the_history_script_refuses_an_epoch_gateways_would_drop(redis: Redis) -> None:
@@ -250,7 +250,7 @@ async def test_a_subscribe_without_since_delivers_nothing_at_or_before_its_posit
     the channel's position is held for the client; the reply's offset already covers it, so it
     must not follow the reply (found by the soak: subscribed offset N, then message N)."""
     await publish_with_history(redis, "public:h-first", '"old"')
-    read, on_message = gateway.history.read, gateway.registry.on_message
+    read, on_message = gateway.history.read, gateway.hub.on_message
     arrived = asyncio.Event()
 
     def note_message(channel: bytes, payload: bytes) -> None:
@@ -262,7 +262,7 @@ async def test_a_subscribe_without_since_delivers_nothing_at_or_before_its_posit
         await arrived.wait()  # held for the joining client
         return await read(channel, since)
 
-    monkeypatch.setattr(gateway.registry, "on_message", note_message)
+    monkeypatch.setattr(gateway.hub, "on_message", note_message)
     monkeypatch.setattr(gateway.history, "read", read_after_a_publish)
     ws, _ = await connect_authed(ws_url(gateway), await make_session("first"))
     async with ws:
@@ -327,6 +327,8 @@ async def test_a_copy_arriving_late_after_a_reconnect_is_not_delivered_after_the
             return replay
 
         monkeypatch.setattr(gateway.history, "read", read_with_a_copy_in_flight)
+        # The start-up ACL check subscribes on connections of its own: let it finish first.
+        await asyncio.wait_for(gateway.access_checked.wait(), timeout=10)
         assert await redis.client_kill_filter(_type="pubsub") == 1
         assert (await recv_json(ws))["offset"] == 2  # recovered
         monkeypatch.undo()

@@ -27,10 +27,12 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from gateway.http import Route, Router, single_header, text_response
-from gateway.http11 import MAX_HEADERS, BadRequest, HttpRequest, RequestReader
+from gateway.edge.http import Route, Router, single_header, text_response
+from gateway.edge.http11 import MAX_HEADERS, BadRequest, HttpRequest, RequestReader
+from gateway.edge.options import WebSocketOptions
+from gateway.edge.server import WebSocketServer
+from gateway.edge.websocket import WebSocket
 from gateway.server import Gateway
-from gateway.websocket import WebSocket, WebSocketOptions, WebSocketServer
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.http import RawHttp
 from tests.support.ws import close_code, connect_authed, upgrade_request
@@ -196,7 +198,7 @@ def test_a_header_that_may_appear_once_twice_is_a_bad_request() -> None:
 
 
 def _open_pair(extensions: bool) -> tuple[ClientProtocol, ServerProtocol]:
-    """A websockets client and the server protocol as gateway.websocket sets it up."""
+    """A websockets client and the server protocol as gateway.edge.websocket sets it up."""
     server = ServerProtocol(
         state=State.OPEN,
         extensions=enable_server_permessage_deflate(None) if extensions else None,
@@ -217,7 +219,7 @@ def _open_pair(extensions: bool) -> tuple[ClientProtocol, ServerProtocol]:
 
 
 def test_websockets_protocol_created_open_accepts_a_request_and_reads_frames_at_once() -> None:
-    """gateway.websocket builds ServerProtocol(state=OPEN), calls accept() and writes the 101
+    """gateway.edge.websocket builds ServerProtocol(state=OPEN), calls accept() and writes the 101
     itself. If websockets changes any of that, this fails before the gateway does."""
     client, server = _open_pair(extensions=False)
     client.send_text(b"hi")

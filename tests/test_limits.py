@@ -20,10 +20,12 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from gateway.channels import ChannelPolicy
-from gateway.config import ConfigError, Limits, load_settings
+from gateway.config import Limits, load_settings
+from gateway.core.client import ClientState
+from gateway.core.policy import ChannelPolicy
 from gateway.server import Gateway
-from gateway.session import ClientSession, Session, SessionError, parse_session
+from notify_wire.env import ConfigError
+from notify_wire.sessions import Session, SessionError, parse_session
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.process import GatewayProcess
 from tests.support.redis_server import RedisServer
@@ -81,7 +83,7 @@ async def test_global_connection_cap_answers_1013(
 
 
 async def _no_more_than(gateway: Gateway, sockets: int) -> bool:
-    return gateway.handler.sockets <= sockets
+    return gateway.stats.sockets <= sockets
 
 
 async def test_connections_per_user_hold_across_two_gateway_processes(
@@ -274,14 +276,14 @@ async def test_connection_churn_leaves_nothing_behind(
     async def settled() -> bool:
         counts = await redis.pubsub_numsub(*channels)
         return (
-            gateway.handler.sockets == 0
+            gateway.stats.sockets == 0
             and all(count == 0 for _, count in counts)
             and len(asyncio.all_tasks()) <= tasks
         )
 
     await wait_until(settled, timeout_s=15)
-    assert gateway.registry.channel_count == 0
-    assert gateway.handler.connections == 0
+    assert gateway.hub.subscription_count == 0
+    assert gateway.stats.connections == 0
     assert await redis.zcard("notify-gateway:{u:churn}:conns") == 0
     assert len(os.listdir("/proc/self/fd")) <= fds
 
@@ -289,13 +291,13 @@ async def test_connection_churn_leaves_nothing_behind(
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(st.binary(max_size=512), st.text(max_size=512)))
 def test_any_frame_gives_a_reply_or_a_close_never_an_exception(data: str | bytes) -> None:
-    session = ClientSession(Session("1"), ChannelPolicy(["public:*"]), Limits(), now=0.0)
+    session = ClientState(Session("1"), ChannelPolicy(["public:*"]), Limits(), 0.0, set())
     action = session.receive(data, 0.0)
     assert action is not None
 
 
 def test_frames_are_json_error_frames_for_garbage() -> None:
-    session = ClientSession(Session("1"), ChannelPolicy([]), Limits(), now=0.0)
+    session = ClientState(Session("1"), ChannelPolicy([]), Limits(), 0.0, set())
     action = session.receive(b"\x00\xff", 0.0)
     frame = orjson.loads(action.frame[2:])  # type: ignore[union-attr]
     assert frame["type"] == "error"
@@ -400,7 +402,7 @@ async def test_oversized_sessions_are_refused_4001_unprocessed(
         assert await close_code(ws) == 4001
     failed = [e for e in logs if e["event"] == "auth_failed"]
     assert [e["reason"] for e in failed] == [reason]
-    assert gateway.handler.auth_failures[reason] == 1  # notify_gateway_auth_failures_total
+    assert gateway.stats.auth_failures[reason] == 1  # notify_gateway_auth_failures_total
     assert not any(e["event"] == "connection_opened" for e in logs)
 
 

@@ -9,9 +9,9 @@ import pytest
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 
-from gateway.channels import CONTROL_CHANNEL
-from gateway.control import revoke_message
-from gateway.session import session_digest
+from notify_wire.channels import CONTROL_CHANNEL
+from notify_wire.control import revoke_message
+from notify_wire.sessions import session_digest
 from tests.conftest import MakeGateway, MakeSession
 from tests.support.balancer import Balancer
 from tests.support.redis_server import RedisServer
@@ -55,7 +55,7 @@ async def test_clients_through_the_proxy_reach_both_gateways_and_revocation_clos
     # A client's own X-Forwarded-For must not become its address: the proxy's entry wins.
     headers = {"Authorization": f"Bearer {token}", "X-Forwarded-For": "203.0.113.9"}
     clients: list[ClientConnection] = []
-    while not all(g.handler.sockets for g in gateways):
+    while not all(g.stats.sockets for g in gateways):
         assert len(clients) < 10, f"{kind} sent every connection to one gateway"
         ws = await connect(proxy.ws_url, additional_headers=headers)
         assert (await recv_json(ws))["type"] == "welcome"

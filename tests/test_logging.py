@@ -15,7 +15,7 @@ import textwrap
 import orjson
 import pytest
 
-from gateway.log import _SCRUBBERS, LIBRARY_EVENT, redact_secrets
+from gateway.ops.log import _SCRUBBERS, LIBRARY_EVENT, redact_secrets
 from tests.support.process import ROOT, GatewayProcess
 from tests.support.redis_server import RedisServer
 from tests.support.regex_steps import StepCounter
@@ -186,7 +186,7 @@ def test_library_records_become_json_events_on_stdout() -> None:
         """
         import asyncio, logging, warnings
         import structlog
-        from gateway.log import configure_logging
+        from gateway.ops.log import configure_logging
 
         configure_logging("info", "json")
         structlog.get_logger("t").info("gateway_started", redis="redis://:pw123456@h:1/0")
@@ -222,7 +222,7 @@ def test_log_level_filters_our_events_and_library_records() -> None:
         """
         import logging
         import structlog
-        from gateway.log import configure_logging
+        from gateway.ops.log import configure_logging
 
         configure_logging("warning", "json")
         structlog.get_logger("t").info("gateway_started")
@@ -350,7 +350,7 @@ def test_redaction_keeps_ordinary_urls_and_long_user_ids() -> None:
 def test_logs_into_a_pipe_have_no_colour_codes(fmt: str, json_lines: bool) -> None:
     code = f"""
         import structlog
-        from gateway.log import configure_logging
+        from gateway.ops.log import configure_logging
 
         configure_logging("info", {fmt!r})
         structlog.get_logger("t").warning("redis_disconnected", reason="x")

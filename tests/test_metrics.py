@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from structlog.testing import capture_logs
 from websockets.asyncio.client import connect
 
-from gateway.metrics import LoopHistogram
+from gateway.ops.metrics import LoopHistogram
 from gateway.server import Gateway
 from tests.conftest import MakeGateway, MakeSession, ws_url
 from tests.support.process import ROOT
@@ -195,7 +195,7 @@ async def test_slow_consumer_disconnect_is_counted(
         payload = orjson.dumps({"pad": "x" * 32_000})
         for _ in range(300):  # ~10 MB: more than loopback socket buffers hold
             await redis.publish("public:slow", payload)
-            if gateway.handler.slow_consumers:
+            if gateway.stats.slow_consumers:
                 break
         assert await close_code(slow, timeout_s=20) == 4008
     # Logged from the fan-out, outside the connection's task: still names the client.

@@ -10,9 +10,9 @@ import pytest
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from gateway.registry import Registry
+from gateway.broker.subscriber import PubSubConnection
+from gateway.core.hub import Hub
 from gateway.server import Gateway
-from gateway.subscriber import PubSubProtocol
 from tests.conftest import MakeSession, ws_url
 from tests.support.ws import connect_authed, http_get, recv_json, request
 
@@ -48,7 +48,7 @@ async def test_an_unreadable_message_is_dropped_and_the_rest_of_its_batch_delive
         assert await recv_json(ws) == {"type": "message", "channel": "public:p", "data": "after"}
         assert await request(ws, {"type": "ping"}) == {"type": "pong"}  # no gap, nothing else
     assert gateway.subscriber.reconnects == 0
-    assert gateway.registry.dropped[reason] == 1
+    assert gateway.hub.dropped[reason] == 1
     assert (await http_get(f"http://127.0.0.1:{gateway.port}/readyz"))[0] == 200
 
 
@@ -63,7 +63,7 @@ async def test_a_flood_of_bad_messages_is_counted_in_full_but_logged_rate_limite
                 await published_in_one_batch(redis, "public:flood", *[HUGE_OFFSET] * 25)
             await redis.publish("public:flood", b'"still here"')
             assert (await recv_json(ws))["data"] == "still here"
-    assert gateway.registry.dropped["bad_envelope"] == 500
+    assert gateway.hub.dropped["bad_envelope"] == 500
     assert gateway.subscriber.reconnects == 0
     drops = [e for e in logs if e["event"] == "message_dropped"]
     assert 1 <= len(drops) <= 5, drops  # one line a second per reason, not 500
@@ -72,13 +72,19 @@ async def test_a_flood_of_bad_messages_is_counted_in_full_but_logged_rate_limite
     assert not [e for e in logs if e["event"] == "redis_disconnected"]
 
 
-class FailingOnce(Registry):
-    """A registry whose handling of one channel's messages raises: a bug, or a library's."""
+class FailingOnce(Hub):
+    """A hub whose handling of one channel's messages raises: a bug, or a library's."""
 
-    def on_message(self, channel: bytes, payload: bytes) -> None:
-        if channel == b"boom":
-            raise RuntimeError("a bug in the per-message path")
-        super().on_message(channel, payload)
+    def __init__(self) -> None:
+        super().__init__()
+        fan_out = self.on_message  # the hub's per-message path is an attribute (no extra call)
+
+        def on_message(channel: bytes, payload: bytes) -> None:
+            if channel == b"boom":
+                raise RuntimeError("a bug in the per-message path")
+            fan_out(channel, payload)
+
+        self.on_message = on_message
 
 
 class Sink:
@@ -123,7 +129,7 @@ async def test_an_exception_while_handling_one_message_costs_that_message_only()
     registry.on_subscribed("news")
     await joined
     registry.activate(sink, "news")
-    protocol = PubSubProtocol(registry)
+    protocol = PubSubConnection(registry)
     transport = Transport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     with capture_logs() as logs:

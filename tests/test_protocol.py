@@ -11,16 +11,9 @@ from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from gateway.protocol import (
-    ErrorCode,
-    FrameError,
-    Ping,
-    Subscribe,
-    Unsubscribe,
-    message_frame,
-    parse_command,
-    text_frame,
-)
+from gateway.core.frames import message_frame, text_frame
+from notify_wire.codes import ErrorCode
+from notify_wire.frames import FrameError, Ping, Subscribe, Unsubscribe, parse_frame
 
 
 def decode_server_frame(data: bytes) -> Frame:
@@ -67,9 +60,9 @@ def test_message_frame_is_the_text_frame_of_its_json(size: int) -> None:
 
 
 def test_commands_parse_with_refs() -> None:
-    assert parse_command('{"type":"subscribe","channel":"a","ref":1}') == Subscribe("a", 1)
-    assert parse_command('{"type":"unsubscribe","channel":"a","ref":"x"}') == Unsubscribe("a", "x")
-    assert parse_command('{"type":"ping"}') == Ping(None)
+    assert parse_frame('{"type":"subscribe","channel":"a","ref":1}') == Subscribe("a", 1)
+    assert parse_frame('{"type":"unsubscribe","channel":"a","ref":"x"}') == Unsubscribe("a", "x")
+    assert parse_frame('{"type":"ping"}') == Ping(None)
 
 
 @pytest.mark.parametrize(
@@ -86,7 +79,7 @@ def test_commands_parse_with_refs() -> None:
     ],
 )
 def test_bad_frames_become_bad_request(data: str | bytes, fragment: str) -> None:
-    result = parse_command(data)
+    result = parse_frame(data)
     assert isinstance(result, FrameError)
     assert result.code is ErrorCode.BAD_REQUEST
     assert fragment in result.message
@@ -94,7 +87,7 @@ def test_bad_frames_become_bad_request(data: str | bytes, fragment: str) -> None
 
 @given(st.one_of(st.binary(max_size=256), st.text(max_size=256)))
 def test_any_input_parses_without_raising(data: str | bytes) -> None:
-    result = parse_command(data)
+    result = parse_frame(data)
     assert result is not None
 
 
@@ -111,4 +104,4 @@ def test_any_input_parses_without_raising(data: str | bytes) -> None:
     )
 )
 def test_any_json_value_parses_without_raising(value: object) -> None:
-    assert parse_command(json.dumps(value)) is not None
+    assert parse_frame(json.dumps(value)) is not None

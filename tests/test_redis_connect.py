@@ -20,13 +20,15 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, RedisError
 
-from gateway.channels import CONTROL_CHANNEL
-from gateway.config import ConfigError, RedisConfig, load_redis_config, load_settings
-from gateway.diagnose import Diagnosis, RedisReplyError, diagnose
-from gateway.redis_client import async_redis, redis_kwargs
-from gateway.registry import Registry
+from gateway.broker.diagnose import Diagnosis, RedisReplyError, diagnose
+from gateway.broker.subscriber import Subscriber
+from gateway.config import load_settings
+from gateway.core.hub import Hub
 from gateway.server import Gateway
-from gateway.subscriber import Subscriber
+from notify_publisher.connect import async_redis, redis_kwargs
+from notify_wire.channels import CONTROL_CHANNEL
+from notify_wire.env import ConfigError
+from notify_wire.redis_config import RedisConfig, load_redis_config
 from tests.support.acl import documented_acl_users
 from tests.support.history import publish_with_history
 from tests.support.process import GatewayProcess
@@ -99,7 +101,7 @@ async def replays_history(gateway: Gateway, backend: Redis) -> None:
 
 
 async def connect_once(config: RedisConfig) -> None:
-    protocol = await Subscriber(config, Registry()).connect()
+    protocol = await Subscriber(config, Hub()).connect()
     protocol.close()
 
 
@@ -473,7 +475,7 @@ def test_unreadable_certificate_files_stop_serve_naming_the_variable(
 
 async def test_pubsub_connection_has_tcp_keepalive_on(redis_server: RedisServer) -> None:
     config = load_redis_config({"REDIS_URL": redis_server.url})
-    protocol = await Subscriber(config, Registry()).connect()
+    protocol = await Subscriber(config, Hub()).connect()
     try:
         sock = protocol._transport.get_extra_info("socket")  # type: ignore[union-attr]
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1

@@ -12,11 +12,13 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 
-from clients import AsyncPublisher, Publisher
-from clients.errors import PublisherError
-from gateway.config import ConfigError, load_redis_config, load_settings
-from gateway.sentinel import SentinelError, master_address
+from gateway.broker.sentinel import SentinelError, master_address
+from gateway.config import load_settings
 from gateway.server import Gateway
+from notify_publisher import AsyncPublisher, Publisher
+from notify_publisher.errors import PublisherError
+from notify_wire.env import ConfigError
+from notify_wire.redis_config import load_redis_config
 from tests.conftest import ws_url
 from tests.support.redis_server import free_port
 from tests.support.sentinel import MASTER, SentinelGroup

@@ -5,26 +5,44 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.channels import ChannelPolicy, channel_problem
 from gateway.config import Limits
-from gateway.protocol import CloseCode
-from gateway.session import (
-    ClientSession,
+from gateway.core.bucket import TokenBucket
+from gateway.core.client import (
+    Action,
+    ClientState,
     Close,
     Reply,
-    Session,
-    SessionError,
     SubscribeChannel,
-    TokenBucket,
     UnsubscribeChannel,
-    parse_session,
 )
+from gateway.core.policy import ChannelPolicy
+from notify_wire.channels import channel_problem
+from notify_wire.codes import CloseReason
+from notify_wire.sessions import Session, SessionError, parse_session
 
 POLICY = ChannelPolicy(["notifications", "public:*"])
 
 
-def client(limits: Limits | None = None, channels: tuple[str, ...] = ()) -> ClientSession:
-    return ClientSession(Session("42", channels), POLICY, limits or Limits(), now=0.0)
+class Client:
+    """The state machine, with the record of held channels kept as the hub keeps it."""
+
+    def __init__(self, limits: Limits | None, channels: tuple[str, ...]) -> None:
+        self.held: set[str] = set()
+        self.state = ClientState(
+            Session("42", channels), POLICY, limits or Limits(), 0.0, self.held
+        )
+
+    def receive(self, data: str | bytes, now: float) -> Action:
+        action = self.state.receive(data, now)
+        if isinstance(action, SubscribeChannel):
+            self.held.add(action.channel)  # the hub's join
+        elif isinstance(action, UnsubscribeChannel):
+            self.held.discard(action.channel)  # the hub's leave
+        return action
+
+
+def client(limits: Limits | None = None, channels: tuple[str, ...] = ()) -> Client:
+    return Client(limits, channels)
 
 
 def reply_of(action: object) -> dict[str, object]:
@@ -105,7 +123,7 @@ def test_rate_limit_errors_then_closes() -> None:
     assert reply_of(session.receive(ping, 0.0))["type"] == "pong"
     assert reply_of(session.receive(ping, 0.0))["code"] == "rate_limited"
     assert reply_of(session.receive(ping, 0.0))["code"] == "rate_limited"
-    assert session.receive(ping, 0.0) == Close(CloseCode.RATE_LIMITED, "rate limit exceeded")
+    assert session.receive(ping, 0.0) == Close(CloseReason.MESSAGE_RATE)
 
 
 def test_a_rate_limited_frame_gets_its_ref_back() -> None:

@@ -13,11 +13,12 @@ import pytest
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 
-from gateway.channels import CONTROL_CHANNEL
-from gateway.cli import main
-from gateway.config import ConfigError, load_settings
-from gateway.control import revoke_message
-from gateway.session import session_digest
+from gateway.cli.main import main
+from gateway.config import load_settings
+from notify_wire.channels import CONTROL_CHANNEL
+from notify_wire.control import revoke_message
+from notify_wire.env import ConfigError
+from notify_wire.sessions import session_digest
 from tests.conftest import MakeSession
 from tests.support.process import GatewayProcess
 from tests.support.redis_server import RedisServer, free_port

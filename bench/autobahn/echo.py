@@ -3,10 +3,10 @@
 The server is the gateway's connection layer with the gateway's settings (read from the
 ``GATEWAY_*`` environment like ``notify-gateway serve``; the defaults without it): it
 reads HTTP, upgrades, validates, limits and closes exactly as the gateway does. It is a
-:class:`gateway.websocket.WebSocket`, websockets' sans-I/O protocol on an asyncio transport,
+:class:`gateway.edge.websocket.WebSocket`, websockets' sans-I/O protocol on an asyncio transport,
 whose every message is echoed through the gateway's raw write path: a frame built once by
-:func:`gateway.protocol.text_frame` / :func:`~gateway.protocol.binary_frame` and written
-by :meth:`~gateway.websocket.WebSocket.send` (OPEN-state rule, buffer cap).
+:func:`gateway.core.frames.text_frame` / :func:`~gateway.core.frames.binary_frame` and written
+by :meth:`~gateway.edge.websocket.WebSocket.send` (OPEN-state rule, buffer cap).
 
 With the deployed read limits, messages over ``GATEWAY_MAX_FRAME_BYTES`` (64 KiB by
 default: most 9.x cases of Autobahn) are refused with close code 1009, by design;
@@ -25,9 +25,11 @@ import contextlib
 import os
 
 from gateway.config import load_settings
-from gateway.protocol import binary_frame, text_frame
+from gateway.core.frames import binary_frame, text_frame
+from gateway.edge.options import WebSocketOptions
+from gateway.edge.server import WebSocketServer
+from gateway.edge.websocket import WebSocket
 from gateway.server import websocket_options
-from gateway.websocket import WebSocket, WebSocketOptions, WebSocketServer
 
 
 class Echo(WebSocket):

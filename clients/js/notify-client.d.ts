@@ -21,6 +21,12 @@ export type MessageHandler<T = unknown> = (
   position: Position | undefined,
 ) => void;
 
+/** What the client does after a close code: reconnect after the backoff, or stop. */
+export type Reconnect = "retry" | "never";
+
+/** The gateway's close codes (docs/protocol.md) and the client's policy for each. */
+export declare const CLOSE_CODES: Readonly<Record<number, { name: string; reconnect: Reconnect }>>;
+
 export interface NotifyClientTuning {
   /** Application ping interval while open (default 15000 ms). */
   pingIntervalMs: number;

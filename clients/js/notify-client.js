@@ -29,9 +29,23 @@ export const DEFAULTS = Object.freeze({
   WebSocket: undefined, // constructor to use instead of globalThis.WebSocket
 });
 
-/** Close codes after which connecting again cannot help (docs/protocol.md). */
-const UNAUTHORIZED = 4001;
-const ORIGIN_REFUSED = 1008;
+/**
+ * The close codes the gateway sends and what the client does after each: "retry" (reconnect
+ * after the backoff) or "never" (the session cannot be used again). The same table as the
+ * gateway's `notify_wire.codes.CLOSE_CODES` and docs/protocol.md (a test compares them);
+ * a code not in it (1006: the link dropped) is retried.
+ */
+export const CLOSE_CODES = Object.freeze({
+  1001: { name: "GOING_AWAY", reconnect: "retry" },
+  1002: { name: "PROTOCOL_ERROR", reconnect: "retry" },
+  1007: { name: "INVALID_DATA", reconnect: "retry" },
+  1009: { name: "TOO_BIG", reconnect: "retry" },
+  1011: { name: "INTERNAL_ERROR", reconnect: "retry" },
+  1013: { name: "TRY_AGAIN_LATER", reconnect: "retry" },
+  4001: { name: "UNAUTHORIZED", reconnect: "never" },
+  4008: { name: "SLOW_CONSUMER", reconnect: "retry" },
+  4029: { name: "RATE_LIMITED", reconnect: "retry" },
+});
 
 /** An error reply of the gateway (`code` as in docs/protocol.md) or of this client. */
 export class NotifyError extends Error {
@@ -270,13 +284,11 @@ export class NotifyClient extends EventTarget {
     const stable =
       this.#state === "open" && Date.now() - this.#openedAt >= this.#options.stableAfterMs;
     if (stable) this.#attempt = 0;
-    const final = code === UNAUTHORIZED || code === ORIGIN_REFUSED;
+    const final = CLOSE_CODES[code]?.reconnect === "never";
     this.#emit("close", { code, reason, wasClean, willReconnect: !final });
-    if (code === UNAUTHORIZED) {
+    if (final) {
       this.#emit("unauthorized", { reason });
       this.#finish(new NotifyError("unauthorized", `the gateway refused the session: ${reason}`));
-    } else if (final) {
-      this.#finish(new NotifyError("refused", `the gateway refused the connection: ${reason}`));
     } else {
       this.#scheduleReconnect();
     }

@@ -29,7 +29,7 @@ def _fuzz_one(name: str, seconds: float, extra: list[str]) -> None:
     with atheris.instrument_imports(include=["gateway", "websockets", "tests.fuzz"]):
         from tests.fuzz.targets import TARGETS
 
-    from gateway.log import configure_logging
+    from gateway.ops.log import configure_logging
 
     # The gateway's logs of refused input would drown libFuzzer's output: kept for the run.
     configure_logging("error", "json", file=open(os.devnull, "wb"))  # noqa: SIM115

@@ -19,8 +19,10 @@ from websockets.frames import Opcode
 from websockets.protocol import State
 from websockets.utils import accept_key
 
-from gateway.subscriber import PubSubProtocol
-from gateway.websocket import WebSocket, WebSocketOptions, WebSocketServer
+from gateway.broker.subscriber import PubSubConnection
+from gateway.edge.options import WebSocketOptions
+from gateway.edge.server import WebSocketServer
+from gateway.edge.websocket import WebSocket
 
 __all__ = [
     "Finding",
@@ -126,7 +128,7 @@ class RecordingTransport(asyncio.Transport):
 
 @dataclasses.dataclass
 class RecordingListener:
-    """What a :class:`PubSubProtocol` reports, in order (the registry's side of the link)."""
+    """What a :class:`PubSubConnection` reports, in order (the registry's side of the link)."""
 
     calls: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
 
@@ -148,7 +150,7 @@ class RecordingListener:
     def on_subscribe_refused(self, channels: list[str], message: str) -> None:
         self.calls.append(("refused", tuple(channels), message))
 
-    def on_connected(self, redis: PubSubProtocol) -> None:
+    def on_connected(self, redis: PubSubConnection) -> None:
         pass
 
     def on_disconnected(self) -> None:
@@ -166,7 +168,7 @@ class PubSubResult:
 def pubsub_feed(
     pieces: list[bytes], listener: Any = None, *, sharded: bool = False, pending: int = 0
 ) -> PubSubResult:
-    """Feed Redis reply bytes to a subscribed :class:`PubSubProtocol`, one read per piece.
+    """Feed Redis reply bytes to a subscribed :class:`PubSubConnection`, one read per piece.
 
     ``pending`` PINGs are awaiting replies, as the heartbeat leaves them; SUBSCRIBE of two
     channels is pending too, as after a reconnect.
@@ -174,7 +176,7 @@ def pubsub_feed(
 
     async def feed() -> PubSubResult:
         recorder = RecordingListener() if listener is None else listener
-        protocol = PubSubProtocol(recorder, sharded=sharded)
+        protocol = PubSubConnection(recorder, sharded=sharded)
         transport = RecordingTransport()
         protocol.connection_made(transport)
         protocol.subscribe(["a", "b"])
@@ -262,7 +264,7 @@ def _drive(
         result = WsResult(
             bytes(transport.written[start:]),
             list(peer.messages),
-            peer.state,
+            peer.ws_state,
             transport.aborted,
             peer.close_code,
         )
@@ -283,7 +285,7 @@ def ws_exchange(pieces: list[bytes], *, compression: bool = False) -> WsResult:
 
 def http_exchange(pieces: list[bytes], respond: Callable[[Any], Any]) -> WsResult:
     """Feed raw request bytes to a fresh connection answered by ``respond`` (the gateway's
-    :func:`gateway.http.route_requests`); ``/ws`` upgrades are accepted."""
+    :class:`gateway.edge.http.Router`); ``/ws`` upgrades are accepted."""
     return _drive(pieces, ws_options(False), respond, None)
 
 

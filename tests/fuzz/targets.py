@@ -24,30 +24,23 @@ from collections.abc import Callable
 import orjson
 from hypothesis import strategies as st
 
-from gateway.channels import ChannelPolicy
-from gateway.config import ConfigError, Limits, load_settings
-from gateway.control import Revoke, parse_control
-from gateway.history import ENVELOPE_PREFIX, Position, open_envelope, position_problem
-from gateway.protocol import (
+from gateway.config import Limits, load_settings
+from gateway.core.client import ClientState, Close, Reply, SubscribeChannel, UnsubscribeChannel
+from gateway.core.hub import Hub
+from gateway.core.policy import ChannelPolicy
+from notify_wire.control import Revoke, parse_control
+from notify_wire.env import ConfigError
+from notify_wire.frames import (
     MAX_REF_LENGTH,
     Auth,
     FrameError,
     Ping,
     Subscribe,
     Unsubscribe,
-    parse_command,
+    parse_frame,
 )
-from gateway.registry import Registry
-from gateway.session import (
-    ClientSession,
-    Close,
-    Reply,
-    Session,
-    SessionError,
-    SubscribeChannel,
-    UnsubscribeChannel,
-    parse_session,
-)
+from notify_wire.history import ENVELOPE_PREFIX, Position, open_envelope, position_problem
+from notify_wire.sessions import Session, SessionError, parse_session
 from tests.fuzz.harness import (
     Finding,
     check,
@@ -104,7 +97,7 @@ def fuzz_command(data: bytes) -> None:
     if not data:
         return
     frame: str | bytes = data[1:] if data[0] % 2 else data[1:].decode("utf-8", "replace")
-    command = parse_command(frame)
+    command = parse_frame(frame)
     check(
         isinstance(command, Auth | Subscribe | Unsubscribe | Ping | FrameError),
         "command-type",
@@ -126,7 +119,7 @@ def fuzz_command(data: bytes) -> None:
         since = {"offset": command.since.offset, "epoch": command.since.epoch}
         check(position_problem(since) is None, "since-invalid", repr(since))
     # The state machine the frame goes to next: an action, never an exception.
-    session = ClientSession(Session("42", ("team:*",)), _POLICY, _LIMITS, now=0.0)
+    session = ClientState(Session("42", ("team:*",)), _POLICY, _LIMITS, 0.0, set())
     action = session.receive(frame, now=0.0)
     check(
         isinstance(action, Reply | SubscribeChannel | UnsubscribeChannel | Close),
@@ -449,8 +442,8 @@ def fuzz_registry(data: bytes) -> None:
     publishes = decode_publishes(body)
     stream = b"".join(pubsub_message(channel, payload) for channel, payload in publishes)
 
-    async def readers() -> tuple[Registry, dict[str, _Sink]]:
-        registry = Registry(max_message_bytes=8192)
+    async def readers() -> tuple[Hub, dict[str, _Sink]]:
+        registry = Hub(max_message_bytes=8192)
         registry.on_connected(_Commands())
         sinks: dict[str, _Sink] = {}
         for name in _CHANNELS:

@@ -1,1 +1,0 @@
-"""``notify-gateway`` subcommands for producers and for debugging: publish, session, listen."""
